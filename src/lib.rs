@@ -1,0 +1,100 @@
+//! Hierarchical resource accounting: Linux memcg's accounting core as a `no_std` library.
+//!
+//! `chargetree` counts how much of a resource (memory pages, bytes, credits, anything) each
+//! group in a tree uses, enforces hard limits at every level, and keeps the bookkeeping that
+//! soft limits and reclaim protection need, the way the Linux memory cgroup does
+//! (`mm/page_counter.c`). It is meant to sit inside a custom allocator, a hypervisor, a
+//! database's memory pool or bare-metal firmware.
+//!
+//! # Parts
+//!
+//! * [`counter`]: one node of a hierarchical counter ([`Counter`]): usage, `max`, `high`,
+//!   `min`, `low`, peaks, fail count and protected-usage sums. Charges walk to the top with
+//!   add–check–undo and report the lowest ancestor that refused. Pure atomics: no
+//!   allocation, no locks on the charge path, usable as `static`s with `&'static` parents.
+//!
+//! # Example
+//!
+//! ```
+//! use chargetree::counter::{ChargeError, Counter, parse_amount};
+//!
+//! // Units are 4 KiB pages; the tenant may use 1 MiB, one of its jobs 256 KiB.
+//! let tenant = Counter::new_root();
+//! tenant.set_max(parse_amount("1M", 4096).unwrap()).unwrap();
+//! let job = Counter::new(Some(&tenant));
+//! job.set_max(parse_amount("256K", 4096).unwrap()).unwrap();
+//!
+//! job.try_charge(64).unwrap();
+//! assert_eq!(tenant.usage(), 64);
+//! assert!(matches!(job.try_charge(1), Err(ChargeError::Limit { level: 0, .. })));
+//! assert_eq!(job.failcnt(), 1);
+//! job.uncharge(64);
+//! assert_eq!((tenant.usage(), job.peak()), (0, 64));
+//! ```
+//!
+//! # Cargo features
+//!
+//! * `std` (default): thread-based CPU slots and pinning on the current thread (as those
+//!   parts land); implies `alloc`. Error types implement `core::error::Error` either way.
+//! * `alloc`: heap-backed parts (groups; the bare counter needs no allocator).
+//! * `portable-atomic`: take atomics from `portable-atomic`, for targets without native
+//!   pointer-width read-modify-write; add `critical-section` (or portable-atomic's
+//!   `unsafe-assume-single-core` cfg) on single-core targets such as `thumbv6m-none-eabi`.
+//! * `model`: a plain sequential reference model of the counter (for fuzzing; not semver).
+//!
+//! # `no_std`
+//!
+//! The crate is always `#![no_std]`. The counter needs only `core` and pointer-width atomics
+//! (native, or via `portable-atomic`). Hot counters are pointer-width: portable-atomic's
+//! 64-bit fallback on 32-bit targets is a lock table, unsuitable for hot or interrupt paths.
+//!
+//! # Correctness
+//!
+//! Every cross-thread protocol is written down as a table in its module docs and checked by
+//! a loom model (`RUSTFLAGS="--cfg loom"`, see `ci/loom.sh`); random operation sequences are
+//! compared with a plain sequential model by property tests; unit and property tests also
+//! run under miri.
+//!
+//! # Minimum supported Rust version
+//!
+//! 1.85 (edition 2024), checked in CI.
+#![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
+#![warn(missing_docs, unsafe_op_in_unsafe_fn)]
+
+#[cfg(any(feature = "alloc", test))]
+#[allow(unused_extern_crates)] // used by the heap-backed parts and the model
+extern crate alloc;
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+/// Declares a `const fn` that is non-`const` under loom (loom's atomics cannot be built in a
+/// const context), after crossbeam's `const_fn!`.
+macro_rules! const_fn {
+    ($(#[$attr:meta])* $vis:vis const fn $($rest:tt)*) => {
+        #[cfg(not(loom))]
+        $(#[$attr])* $vis const fn $($rest)*
+        #[cfg(loom)]
+        $(#[$attr])* $vis fn $($rest)*
+    };
+}
+pub(crate) use const_fn;
+
+mod padded;
+mod sync;
+
+pub mod counter;
+
+#[cfg(any(test, feature = "model"))]
+#[doc(hidden)]
+pub mod model;
+
+#[cfg(test)]
+mod tests;
+
+pub use counter::{COUNTER_MAX, ChargeError, Counter};
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,274 @@
+//! A plain sequential reference model of a tree of counters: no atomics, no cleverness,
+//! each rule of `memcg-semantics.md` §1 written the obvious way. Property tests and the fuzz
+//! targets run random operations on the real counters and on this model and compare every
+//! observable after each step. Not covered by semver.
+
+use alloc::vec::Vec;
+
+use crate::counter::{COUNTER_MAX, LimitError};
+
+/// One node of the model.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelNode {
+    /// Index of the parent node.
+    pub parent: Option<usize>,
+    /// Usage.
+    pub usage: usize,
+    /// Hard limit.
+    pub max: usize,
+    /// Throttling threshold.
+    pub high: usize,
+    /// Declared hard protection.
+    pub min: usize,
+    /// Declared soft protection.
+    pub low: usize,
+    /// Global peak.
+    pub peak: usize,
+    /// Local (resettable) peak.
+    pub local_peak: usize,
+    /// Failed try-charges at this node.
+    pub failcnt: usize,
+    /// Clamped uncharges at this node.
+    pub underflows: usize,
+    /// Units dropped by clamps at this node.
+    pub forgiven: usize,
+}
+
+/// Outcome of a model try-charge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelChargeError {
+    /// Refused by the node `level` parents up.
+    Limit {
+        /// Distance from the charged node.
+        level: usize,
+    },
+    /// Amount above `COUNTER_MAX`.
+    TooLarge,
+}
+
+/// A tree of model counters.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    /// The nodes; children always come after their parents.
+    pub nodes: Vec<ModelNode>,
+}
+
+impl Model {
+    /// An empty model.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a node under `parent` (or a top node) and returns its index.
+    pub fn add(&mut self, parent: Option<usize>) -> usize {
+        self.nodes.push(ModelNode {
+            parent,
+            max: COUNTER_MAX,
+            high: COUNTER_MAX,
+            ..ModelNode::default()
+        });
+        self.nodes.len() - 1
+    }
+
+    /// The path from `i` to the top, bottom-up.
+    #[must_use]
+    pub fn path(&self, i: usize) -> Vec<usize> {
+        let mut path = Vec::new();
+        let mut c = Some(i);
+        while let Some(x) = c {
+            path.push(x);
+            c = self.nodes[x].parent;
+        }
+        path
+    }
+
+    fn raise(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.local_peak = n.local_peak.max(n.usage);
+        n.peak = n.peak.max(n.usage);
+    }
+
+    /// Limit-checked charge.
+    pub fn try_charge(&mut self, i: usize, amount: usize) -> Result<(), ModelChargeError> {
+        if amount > COUNTER_MAX {
+            return Err(ModelChargeError::TooLarge);
+        }
+        if amount == 0 {
+            return Ok(());
+        }
+        let path = self.path(i);
+        for (level, &x) in path.iter().enumerate() {
+            if self.nodes[x].usage + amount > self.nodes[x].max {
+                self.nodes[x].failcnt += 1;
+                return Err(ModelChargeError::Limit { level });
+            }
+        }
+        for &x in &path {
+            self.nodes[x].usage += amount;
+            self.raise(x);
+        }
+        Ok(())
+    }
+
+    /// Forced charge; fails (returns `false`, changing nothing) only past `COUNTER_MAX`.
+    pub fn charge(&mut self, i: usize, amount: usize) -> bool {
+        if amount > COUNTER_MAX {
+            return false;
+        }
+        let path = self.path(i);
+        if path
+            .iter()
+            .any(|&x| self.nodes[x].usage + amount > COUNTER_MAX)
+        {
+            return false;
+        }
+        if amount == 0 {
+            return true;
+        }
+        for &x in &path {
+            self.nodes[x].usage += amount;
+            self.raise(x);
+        }
+        true
+    }
+
+    /// Uncharge with the hierarchical clamp; returns the amount forgiven.
+    pub fn uncharge(&mut self, i: usize, amount: usize) -> usize {
+        if amount == 0 {
+            return 0;
+        }
+        let mut left = amount;
+        for x in self.path(i) {
+            let n = &mut self.nodes[x];
+            if left > n.usage {
+                n.underflows += 1;
+                n.forgiven = n.forgiven.saturating_add(left - n.usage);
+                left = n.usage;
+            }
+            n.usage -= left;
+            if left == 0 {
+                break;
+            }
+        }
+        amount - left
+    }
+
+    /// `set_max` with `Busy` below usage.
+    pub fn set_max(&mut self, i: usize, v: usize) -> Result<(), LimitError> {
+        if v > COUNTER_MAX {
+            return Err(LimitError::TooLarge { value: v });
+        }
+        let usage = self.nodes[i].usage;
+        if usage > v {
+            return Err(LimitError::Busy { usage, limit: v });
+        }
+        self.nodes[i].max = v;
+        Ok(())
+    }
+
+    /// Sets `high`, `min` or `low` (selected by `which`: 0, 1, 2).
+    pub fn set_other(&mut self, i: usize, which: u8, v: usize) -> Result<(), LimitError> {
+        if v > COUNTER_MAX {
+            return Err(LimitError::TooLarge { value: v });
+        }
+        let n = &mut self.nodes[i];
+        match which {
+            0 => n.high = v,
+            1 => n.min = v,
+            _ => n.low = v,
+        }
+        Ok(())
+    }
+
+    /// Global peak reset.
+    pub fn reset_peak(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.peak = n.usage;
+        n.local_peak = n.usage;
+    }
+
+    /// `min(usage, min)` (0 for top nodes, whose protection is never summed).
+    #[must_use]
+    pub fn min_usage(&self, i: usize) -> usize {
+        let n = &self.nodes[i];
+        if n.parent.is_none() {
+            0
+        } else {
+            n.usage.min(n.min)
+        }
+    }
+
+    /// `min(usage, low)` (0 for top nodes).
+    #[must_use]
+    pub fn low_usage(&self, i: usize) -> usize {
+        let n = &self.nodes[i];
+        if n.parent.is_none() {
+            0
+        } else {
+            n.usage.min(n.low)
+        }
+    }
+
+    /// Σ children's `min_usage`.
+    #[must_use]
+    pub fn children_min_usage(&self, i: usize) -> usize {
+        (0..self.nodes.len())
+            .filter(|&c| self.nodes[c].parent == Some(i))
+            .map(|c| self.min_usage(c))
+            .sum()
+    }
+
+    /// Σ children's `low_usage`.
+    #[must_use]
+    pub fn children_low_usage(&self, i: usize) -> usize {
+        (0..self.nodes.len())
+            .filter(|&c| self.nodes[c].parent == Some(i))
+            .map(|c| self.low_usage(c))
+            .sum()
+    }
+
+    /// Effective `(min, low)` of `i` for reclaim rooted at `root`, written recursively from
+    /// the rules (the stateless variant: zero usage gives zero). `None` if `root` is not on
+    /// `i`'s path.
+    #[must_use]
+    pub fn effective(&self, i: usize, root: usize, recursive: bool) -> Option<(usize, usize)> {
+        if !self.path(i).contains(&root) {
+            return None;
+        }
+        if i == root {
+            return Some((0, 0));
+        }
+        let n = &self.nodes[i];
+        let parent = n.parent.expect("root is above i");
+        if parent == root {
+            return Some((n.min, n.low));
+        }
+        if n.usage == 0 {
+            return Some((0, 0));
+        }
+        let (pmin, plow) = self.effective(parent, root, recursive)?;
+        let pu = self.nodes[parent].usage;
+        let one = |setting: usize, peff: usize, siblings: usize| -> usize {
+            let protected = n.usage.min(setting) as u128;
+            let (peff, siblings) = (peff as u128, siblings as u128);
+            let ep = if siblings > peff {
+                protected * peff / siblings
+            } else if recursive
+                && peff > siblings
+                && (pu as u128) > siblings
+                && (n.usage as u128) > protected
+            {
+                protected
+                    + (peff - siblings) * (n.usage as u128 - protected) / (pu as u128 - siblings)
+            } else {
+                protected
+            };
+            ep.min(peff) as usize
+        };
+        Some((
+            one(n.min, pmin, self.children_min_usage(parent)),
+            one(n.low, plow, self.children_low_usage(parent)),
+        ))
+    }
+}

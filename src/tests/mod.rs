@@ -1,0 +1,63 @@
+//! In-crate tests that need private access or loom (sharded-slab's `src/tests/` layout):
+//! loom models under `cfg(loom)`, property tests against [`crate::model`] otherwise.
+
+#[cfg(loom)]
+mod loom_counter;
+#[cfg(not(loom))]
+mod properties;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use crate::counter::Counter;
+
+/// A tree of heap-allocated counters with `'static` parent references, freed children-first
+/// when dropped. Tests only: it lets random tree shapes be built without self-references.
+pub(crate) struct Forest {
+    nodes: Vec<*mut Counter<'static>>,
+}
+
+// SAFETY: the forest only hands out shared references to `Counter`s, which are `Sync`; the
+// raw pointers are owned boxes freed once, in `Drop`, when no reference can remain (every
+// reference borrows the forest).
+unsafe impl Send for Forest {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Forest {}
+
+impl Forest {
+    pub(crate) fn new() -> Self {
+        Self { nodes: Vec::new() }
+    }
+
+    /// Adds a counter under node `parent` (or a top counter) and returns its index.
+    pub(crate) fn add(&mut self, parent: Option<usize>) -> usize {
+        let parent: Option<&'static Counter<'static>> = parent.map(|i| {
+            // SAFETY: node `i` is a live box owned by this forest; it is freed only in
+            // `Drop`, after every node created below it (reverse order), so the `'static`
+            // reference stored in the child never dangles while the child exists.
+            unsafe { &*self.nodes[i] }
+        });
+        self.nodes
+            .push(Box::into_raw(Box::new(Counter::new(parent))));
+        self.nodes.len() - 1
+    }
+
+    pub(crate) fn get(&self, i: usize) -> &Counter<'static> {
+        // SAFETY: a live box owned by the forest; the returned borrow ends before `Drop`.
+        unsafe { &*self.nodes[i] }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+impl Drop for Forest {
+    fn drop(&mut self) {
+        for &p in self.nodes.iter().rev() {
+            // SAFETY: each pointer came from `Box::into_raw` and is freed exactly once here;
+            // children (later indices) go first, so no live counter refers to a freed parent.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
