@@ -241,11 +241,11 @@ impl Model {
         }
         let n = &self.nodes[i];
         let parent = n.parent.expect("root is above i");
-        if parent == root {
-            return Some((n.min, n.low));
-        }
         if n.usage == 0 {
             return Some((0, 0));
+        }
+        if parent == root {
+            return Some((n.min, n.low));
         }
         let (pmin, plow) = self.effective(parent, root, recursive)?;
         let pu = self.nodes[parent].usage;

@@ -159,11 +159,8 @@ impl<'p> Counter<'p> {
             c.propagate_protected_usage(new);
             // ORDERING: Relaxed; racy statistic. One load in the common case.
             if new > c.track.local_watermark.load(Ordering::Relaxed) {
-                if level < 64 {
-                    new_peaks |= 1 << level;
-                } else {
-                    c.raise_peaks(new);
-                }
+                // Bit 63 stands for "level 63 or deeper": those are re-checked on commit.
+                new_peaks |= 1 << level.min(63);
             }
             match c.conf.parent {
                 Some(p) => {
@@ -260,17 +257,21 @@ impl<'p> Counter<'p> {
     /// very value the walk produced).
     #[cold]
     #[inline(never)]
-    fn raise_peaks_on(&self, mut levels: u64) {
-        for c in self.ancestors_and_self() {
-            if levels == 0 {
-                return;
+    fn raise_peaks_on(&self, levels: u64) {
+        for (level, c) in self.ancestors_and_self().enumerate() {
+            let flagged = levels & (1 << level.min(63)) != 0;
+            if !flagged {
+                if level >= 63 || levels >> level == 0 {
+                    return;
+                }
+                continue;
             }
-            if levels & 1 != 0 {
-                // ORDERING: Relaxed; statistic.
-                let usage = c.usage.load(Ordering::Relaxed);
-                c.raise_peaks(clamp_nonneg(usage));
+            // ORDERING: Relaxed; statistic.
+            let usage = clamp_nonneg(c.usage.load(Ordering::Relaxed));
+            // Levels 63 and deeper share one flag: raise only those that are really below.
+            if level < 63 || usage > c.track.local_watermark.load(Ordering::Relaxed) {
+                c.raise_peaks(usage);
             }
-            levels >>= 1;
         }
     }
 

@@ -241,7 +241,9 @@ impl<'p> Counter<'p> {
     ///
     /// Returns `None` if `root` is neither this node nor one of its ancestors. Returns
     /// `(0, 0)` for `root` itself. Unlike the stateful walk, a node with zero usage gets
-    /// `(0, 0)` here rather than stale values. Cost: O(depth²) loads, no allocation.
+    /// `(0, 0)` here rather than stale values (at every level, also directly below `root`,
+    /// where the stateful walk would install the declared values). Cost: O(depth²) loads, no
+    /// allocation.
     #[must_use]
     pub fn effective_protection_under(
         &self,
@@ -258,14 +260,10 @@ impl<'p> Counter<'p> {
         for level in (0..dist).rev() {
             let c = self.ancestors_and_self().nth(level).expect("level < dist");
             let usage = c.usage();
-            (emin, elow) = if level == dist - 1 {
-                if c.tracks_protection() {
-                    (c.min(), c.low())
-                } else {
-                    (0, 0)
-                }
-            } else if usage == 0 {
+            (emin, elow) = if usage == 0 || !c.tracks_protection() {
                 (0, 0)
+            } else if level == dist - 1 {
+                (c.min(), c.low())
             } else {
                 let parent = c.conf.parent.expect("below root");
                 c.protection_from_parent(usage, parent, emin, elow, recursive)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# clippy on the default build, on the bare no_std build, and on the loom build (cfg'd code is
+# only linted when its cfg is on: hashbrown's "TESTING NOTE").
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cargo clippy --all-targets -- -D warnings
+cargo clippy --lib --no-default-features -- -D warnings
+cargo clippy --lib --no-default-features --features alloc -- -D warnings
+RUSTFLAGS="$RUSTFLAGS --cfg loom" CARGO_TARGET_DIR=target/loom cargo clippy --lib --tests -- -D warnings

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The loom models (src/tests/loom_*.rs): release, debug assertions on, preemption bound 2
+# (loom's README: 2-3 finds most bugs; 3 multiplies the time several times).
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+export RUSTFLAGS="$RUSTFLAGS --cfg loom -C debug-assertions=on"
+export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
+export CARGO_TARGET_DIR=target/loom
+cargo test --release --lib loom
