@@ -6,4 +6,4 @@ source "$(dirname "$0")/common.sh"
 cargo clippy --all-targets -- -D warnings
 cargo clippy --lib --no-default-features -- -D warnings
 cargo clippy --lib --no-default-features --features alloc -- -D warnings
-RUSTFLAGS="$RUSTFLAGS --cfg loom" CARGO_TARGET_DIR=target/loom cargo clippy --lib --tests -- -D warnings
+RUSTFLAGS="$RUSTFLAGS --cfg loom --cfg crossbeam_loom -C debug-assertions=on" CARGO_TARGET_DIR=target/loom cargo clippy --lib --profile test -- -D warnings

@@ -73,43 +73,15 @@ fn main() {
     db.set_high(pages("48M")).unwrap();
 
     let nodes = [
-        Node {
-            name: "machine",
-            counter: &machine,
-            depth: 0,
-        },
-        Node {
-            name: "tenant-a",
-            counter: &tenant_a,
-            depth: 1,
-        },
-        Node {
-            name: "web",
-            counter: &web,
-            depth: 2,
-        },
-        Node {
-            name: "batch",
-            counter: &batch,
-            depth: 2,
-        },
-        Node {
-            name: "tenant-b",
-            counter: &tenant_b,
-            depth: 1,
-        },
-        Node {
-            name: "db",
-            counter: &db,
-            depth: 2,
-        },
+        Node { name: "machine", counter: &machine, depth: 0 },
+        Node { name: "tenant-a", counter: &tenant_a, depth: 1 },
+        Node { name: "web", counter: &web, depth: 2 },
+        Node { name: "batch", counter: &batch, depth: 2 },
+        Node { name: "tenant-b", counter: &tenant_b, depth: 1 },
+        Node { name: "db", counter: &db, depth: 2 },
     ];
-    let name_of = |c: &Counter<'_>| {
-        nodes
-            .iter()
-            .find(|n| core::ptr::eq(n.counter, c))
-            .map_or("?", |n| n.name)
-    };
+    let name_of =
+        |c: &Counter<'_>| nodes.iter().find(|n| core::ptr::eq(n.counter, c)).map_or("?", |n| n.name);
 
     // Each workload charges 1 MiB at a time until its own limit or an ancestor's refuses.
     let chunk = pages("1M");
@@ -127,16 +99,10 @@ fn main() {
                 break "nobody".into();
             }
         };
-        println!(
-            "{who:>5}: charged {:>7} before the limit of {refused_by} refused",
-            human(charged)
-        );
+        println!("{who:>5}: charged {:>7} before the limit of {refused_by} refused", human(charged));
     }
     if db.usage() > db.high() {
-        println!(
-            "   db: over its high threshold by {}",
-            human(db.usage() - db.high())
-        );
+        println!("   db: over its high threshold by {}", human(db.usage() - db.high()));
     }
     println!();
     print_tree(&nodes);

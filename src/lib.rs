@@ -62,6 +62,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
+// The library itself must not lean on std where core or alloc has the item; tests, benches
+// and examples may.
+#![warn(clippy::std_instead_of_core, clippy::std_instead_of_alloc, clippy::alloc_instead_of_core)]
 
 #[cfg(any(feature = "alloc", test))]
 #[allow(unused_extern_crates)] // used by the heap-backed parts and the model
@@ -85,6 +88,11 @@ mod padded;
 mod sync;
 
 pub mod counter;
+pub mod cpu;
+#[cfg(feature = "alloc")]
+pub mod epoch;
+#[cfg(feature = "alloc")]
+pub mod group;
 
 #[cfg(any(test, feature = "model"))]
 #[doc(hidden)]
@@ -94,6 +102,29 @@ pub mod model;
 mod tests;
 
 pub use counter::{COUNTER_MAX, ChargeError, Counter};
+
+/// Aborts the process: used where continuing would be unsound (a reference count about to
+/// wrap). Without `std`, a panic while panicking aborts (the trick of `bytes`' `abort()`).
+#[cold]
+#[inline(never)]
+#[allow(dead_code)] // used by the heap-backed parts
+pub(crate) fn abort() -> ! {
+    #[cfg(feature = "std")]
+    {
+        std::process::abort()
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        struct Abort;
+        impl Drop for Abort {
+            fn drop(&mut self) {
+                panic!("chargetree: aborting");
+            }
+        }
+        let _a = Abort;
+        panic!("chargetree: aborting");
+    }
+}
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -62,12 +62,7 @@ impl Model {
 
     /// Adds a node under `parent` (or a top node) and returns its index.
     pub fn add(&mut self, parent: Option<usize>) -> usize {
-        self.nodes.push(ModelNode {
-            parent,
-            max: COUNTER_MAX,
-            high: COUNTER_MAX,
-            ..ModelNode::default()
-        });
+        self.nodes.push(ModelNode { parent, max: COUNTER_MAX, high: COUNTER_MAX, ..ModelNode::default() });
         self.nodes.len() - 1
     }
 
@@ -117,10 +112,7 @@ impl Model {
             return false;
         }
         let path = self.path(i);
-        if path
-            .iter()
-            .any(|&x| self.nodes[x].usage + amount > COUNTER_MAX)
-        {
+        if path.iter().any(|&x| self.nodes[x].usage + amount > COUNTER_MAX) {
             return false;
         }
         if amount == 0 {
@@ -192,40 +184,26 @@ impl Model {
     #[must_use]
     pub fn min_usage(&self, i: usize) -> usize {
         let n = &self.nodes[i];
-        if n.parent.is_none() {
-            0
-        } else {
-            n.usage.min(n.min)
-        }
+        if n.parent.is_none() { 0 } else { n.usage.min(n.min) }
     }
 
     /// `min(usage, low)` (0 for top nodes).
     #[must_use]
     pub fn low_usage(&self, i: usize) -> usize {
         let n = &self.nodes[i];
-        if n.parent.is_none() {
-            0
-        } else {
-            n.usage.min(n.low)
-        }
+        if n.parent.is_none() { 0 } else { n.usage.min(n.low) }
     }
 
     /// Σ children's `min_usage`.
     #[must_use]
     pub fn children_min_usage(&self, i: usize) -> usize {
-        (0..self.nodes.len())
-            .filter(|&c| self.nodes[c].parent == Some(i))
-            .map(|c| self.min_usage(c))
-            .sum()
+        (0..self.nodes.len()).filter(|&c| self.nodes[c].parent == Some(i)).map(|c| self.min_usage(c)).sum()
     }
 
     /// Σ children's `low_usage`.
     #[must_use]
     pub fn children_low_usage(&self, i: usize) -> usize {
-        (0..self.nodes.len())
-            .filter(|&c| self.nodes[c].parent == Some(i))
-            .map(|c| self.low_usage(c))
-            .sum()
+        (0..self.nodes.len()).filter(|&c| self.nodes[c].parent == Some(i)).map(|c| self.low_usage(c)).sum()
     }
 
     /// Effective `(min, low)` of `i` for reclaim rooted at `root`, written recursively from
@@ -254,13 +232,9 @@ impl Model {
             let (peff, siblings) = (peff as u128, siblings as u128);
             let ep = if siblings > peff {
                 protected * peff / siblings
-            } else if recursive
-                && peff > siblings
-                && (pu as u128) > siblings
-                && (n.usage as u128) > protected
+            } else if recursive && peff > siblings && (pu as u128) > siblings && (n.usage as u128) > protected
             {
-                protected
-                    + (peff - siblings) * (n.usage as u128 - protected) / (pu as u128 - siblings)
+                protected + (peff - siblings) * (n.usage as u128 - protected) / (pu as u128 - siblings)
             } else {
                 protected
             };

@@ -9,14 +9,7 @@ use core::ops::Deref;
 /// The per-architecture sizes follow the survey in crossbeam-utils' `cache_padded.rs`
 /// (Intel's optimisation manual for the 128-byte spatial prefetcher on x86-64, Arm's and IBM's
 /// manuals for aarch64 / powerpc64, 32 bytes on 32-bit Arm, MIPS and friends, 256 on s390x).
-#[cfg_attr(
-    any(
-        target_arch = "x86_64",
-        target_arch = "aarch64",
-        target_arch = "powerpc64"
-    ),
-    repr(align(128))
-)]
+#[cfg_attr(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "powerpc64"), repr(align(128)))]
 #[cfg_attr(
     any(
         target_arch = "arm",

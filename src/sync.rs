@@ -18,24 +18,37 @@
 
 #[cfg(all(not(loom), not(feature = "portable-atomic")))]
 pub(crate) mod atomic {
+    #[cfg(target_has_atomic = "64")]
+    pub(crate) use core::sync::atomic::AtomicU64;
     pub(crate) use core::sync::atomic::{
-        AtomicBool, AtomicIsize, AtomicPtr, AtomicUsize, Ordering, fence,
+        AtomicBool, AtomicIsize, AtomicPtr, AtomicU8, AtomicUsize, Ordering, compiler_fence, fence,
     };
 }
 
 #[cfg(all(not(loom), feature = "portable-atomic"))]
 pub(crate) mod atomic {
+    pub(crate) use core::sync::atomic::compiler_fence;
     pub(crate) use portable_atomic::{
-        AtomicBool, AtomicIsize, AtomicPtr, AtomicUsize, Ordering, fence,
+        AtomicBool, AtomicIsize, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence,
     };
 }
 
 #[cfg(loom)]
 pub(crate) mod atomic {
+    // FIXME(loom#117): loom has no `compiler_fence`; a `fence` is the (stronger) stand-in,
+    // as in crossbeam-epoch's shim.
+    pub(crate) use loom::sync::atomic::fence as compiler_fence;
     pub(crate) use loom::sync::atomic::{
-        AtomicBool, AtomicIsize, AtomicPtr, AtomicUsize, Ordering, fence,
+        AtomicBool, AtomicIsize, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence,
     };
 }
+
+/// `thread_local!` that loom can see (loom runs its threads on one OS thread).
+#[cfg(loom)]
+pub(crate) use loom::thread_local;
+/// `thread_local!` that loom can see (loom runs its threads on one OS thread).
+#[cfg(all(not(loom), feature = "std"))]
+pub(crate) use std::thread_local;
 
 /// Spin-loop hint. Under loom it yields to the model scheduler, so spin loops make progress.
 #[inline]
@@ -128,11 +141,7 @@ impl SpinFlag {
         loop {
             // ORDERING: Acquire pairs with the Release store in `SpinGuard::drop`, so this
             // writer sees everything the previous writer did under the flag.
-            if self
-                .0
-                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
+            if self.0.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                 return SpinGuard(self);
             }
             while self.0.load(Ordering::Relaxed) {

@@ -17,8 +17,8 @@ use std::thread;
 use core::panic::AssertUnwindSafe;
 
 use chargetree::counter::{
-    COUNTER_MAX, ChargeError, Counter, LimitError, Overflow, ParseError, PeakWatcher,
-    SET_MAX_RETRIES, Underflow, effective_protection, parse_amount,
+    COUNTER_MAX, ChargeError, Counter, LimitError, Overflow, ParseError, PeakWatcher, SET_MAX_RETRIES,
+    Underflow, effective_protection, parse_amount,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -38,22 +38,10 @@ const fn scaled(n: usize) -> usize {
 #[track_caller]
 fn assert_protected_usage(c: &Counter<'_>) {
     if c.parent().is_some() && c.tracks_protection() {
-        assert_eq!(
-            c.min_usage(),
-            c.usage().min(c.min()),
-            "I3: min_usage of {c:?}"
-        );
-        assert_eq!(
-            c.low_usage(),
-            c.usage().min(c.low()),
-            "I3: low_usage of {c:?}"
-        );
+        assert_eq!(c.min_usage(), c.usage().min(c.min()), "I3: min_usage of {c:?}");
+        assert_eq!(c.low_usage(), c.usage().min(c.low()), "I3: low_usage of {c:?}");
     } else {
-        assert_eq!(
-            (c.min_usage(), c.low_usage()),
-            (0, 0),
-            "untracked node {c:?}"
-        );
+        assert_eq!((c.min_usage(), c.low_usage()), (0, 0), "untracked node {c:?}");
     }
 }
 
@@ -122,10 +110,7 @@ fn snap(c: &Counter<'_>) -> Snap {
 fn assert_limit(r: Result<(), ChargeError<'_, '_>>, at: &Counter<'_>, level: usize) {
     match r {
         Err(ChargeError::Limit { at: a, level: l }) => {
-            assert!(
-                ptr::eq(a, at),
-                "failed at the wrong node: {a:?}, expected {at:?}"
-            );
+            assert!(ptr::eq(a, at), "failed at the wrong node: {a:?}, expected {at:?}");
             assert_eq!(l, level, "level");
         }
         other => panic!("expected a limit failure at level {level}, got {other:?}"),
@@ -143,22 +128,14 @@ struct NodeSpec {
 
 impl NodeSpec {
     const fn under(parent: Option<usize>) -> Self {
-        Self {
-            parent,
-            protection: true,
-            failcnt: true,
-        }
+        Self { parent, protection: true, failcnt: true }
     }
 }
 
 /// Builds the counters described by `spec` on the stack (one recursion level per node, each
 /// new counter borrowing earlier ones as parents) and runs `f` on them, in `spec` order.
 fn with_tree<R>(spec: &[NodeSpec], f: impl FnOnce(&[&Counter<'_>]) -> R) -> R {
-    fn go<R, F: FnOnce(&[&Counter<'_>]) -> R>(
-        built: &[&Counter<'_>],
-        rest: &[NodeSpec],
-        f: F,
-    ) -> R {
+    fn go<R, F: FnOnce(&[&Counter<'_>]) -> R>(built: &[&Counter<'_>], rest: &[NodeSpec], f: F) -> R {
         let Some((s, rest)) = rest.split_first() else {
             return f(built);
         };
@@ -252,19 +229,10 @@ fn fixture<R>(f: impl FnOnce(&Fixture<'_>) -> R) -> R {
     c.charge(LOCALS[2]).unwrap();
     d.try_charge(LOCALS[3]).unwrap();
     s.try_charge(LOCALS[4]).unwrap();
-    let fx = Fixture {
-        root: &root,
-        b: &b,
-        c: &c,
-        d: &d,
-        s: &s,
-    };
+    let fx = Fixture { root: &root, b: &b, c: &c, d: &d, s: &s };
     fx.assert_balanced(LOCALS);
     // b = 3 + 10 + 20 = 33, root = 1 + 33 + 4 = 38; c's min_usage 5, d's 20 → b's sum 25.
-    assert_eq!(
-        (root.usage(), b.usage(), b.children_min_usage()),
-        (38, 33, 25)
-    );
+    assert_eq!((root.usage(), b.usage(), b.children_min_usage()), (38, 33, 25));
     f(&fx)
 }
 
@@ -308,17 +276,11 @@ fn rule_1_1_new_counter_starts_empty_and_unlimited() {
     assert!(root.parent().is_none());
     assert!(ptr::eq(grandchild.parent().unwrap(), &child));
     assert_eq!((root.depth(), child.depth(), grandchild.depth()), (0, 1, 2));
-    let path: Vec<*const Counter<'_>> = grandchild
-        .ancestors_and_self()
-        .map(|c| c as *const Counter<'_>)
-        .collect();
+    let path: Vec<*const Counter<'_>> =
+        grandchild.ancestors_and_self().map(|c| c as *const Counter<'_>).collect();
     assert_eq!(
         path,
-        [
-            &grandchild as *const Counter<'_>,
-            &child as *const Counter<'_>,
-            &root as *const Counter<'_>
-        ]
+        [&grandchild as *const Counter<'_>, &child as *const Counter<'_>, &root as *const Counter<'_>]
     );
     assert!(Counter::default().parent().is_none());
     let plain = Counter::new_root().without_protection().without_failcnt();
@@ -366,22 +328,13 @@ fn rule_1_2_protected_usage_is_usage_capped_by_declared_and_summed_in_parent() {
     assert_eq!((b.children_min_usage(), b.children_low_usage()), (6, 4));
     // b's own protected usage (usage 6) is summed in the root.
     assert_eq!((b.min_usage(), b.low_usage()), (6, 5));
-    assert_eq!(
-        (root.children_min_usage(), root.children_low_usage()),
-        (6, 5)
-    );
+    assert_eq!((root.children_min_usage(), root.children_low_usage()), (6, 5));
 
     c2.charge(8).unwrap();
     assert_eq!((c2.min_usage(), c2.low_usage()), (3, 8));
-    assert_eq!(
-        (b.children_min_usage(), b.children_low_usage()),
-        (6 + 3, 4 + 8)
-    );
+    assert_eq!((b.children_min_usage(), b.children_low_usage()), (6 + 3, 4 + 8));
     assert_eq!((b.min_usage(), b.low_usage()), (14, 5));
-    assert_eq!(
-        (root.children_min_usage(), root.children_low_usage()),
-        (14, 5)
-    );
+    assert_eq!((root.children_min_usage(), root.children_low_usage()), (14, 5));
     assert_balanced(&b, 0, &[&c1, &c2]);
     assert_balanced(&root, 0, &[&b]);
 
@@ -452,10 +405,7 @@ fn rule_1_2_without_protection_maintains_no_sums_for_that_node() {
     tracked_child.charge(10).unwrap();
     // The untracked node installs nothing and pushes nothing into the root ...
     assert_eq!((untracked.min_usage(), untracked.low_usage()), (0, 0));
-    assert_eq!(
-        (root.children_min_usage(), root.children_low_usage()),
-        (0, 0)
-    );
+    assert_eq!((root.children_min_usage(), root.children_low_usage()), (0, 0));
     // ... but its tracked child still maintains its own share of the untracked node's sums.
     // (Linux decides once from the charged leaf's flag for the whole path; here each node
     // decides for itself. memcg sets the flag uniformly per counter kind, so they agree there.)
@@ -482,10 +432,7 @@ fn rule_1_3_uncharge_subtracts_at_every_level_and_keeps_peaks() {
     }
     assert_eq!(c.try_uncharge(6), Ok(()));
     for n in [&root, &b, &c] {
-        assert_eq!(
-            (n.usage(), n.peak(), n.underflows(), n.forgiven()),
-            (0, 10, 0, 0)
-        );
+        assert_eq!((n.usage(), n.peak(), n.underflows(), n.forgiven()), (0, 10, 0, 0));
     }
 }
 
@@ -495,17 +442,8 @@ fn rule_1_3_over_uncharge_clamps_the_node_and_uncharges_ancestors_by_what_it_hel
         // c holds 10; ask for 14. Linux would take 14 from every ancestor (clamping each
         // independently); here b and root lose only the 10 that c really held.
         let err = fx.c.try_uncharge(14).unwrap_err();
-        assert_eq!(
-            err,
-            Underflow {
-                requested: 14,
-                forgiven: 4
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            "uncharged 14 but only 10 was charged; 4 forgiven"
-        );
+        assert_eq!(err, Underflow { requested: 14, forgiven: 4 });
+        assert_eq!(err.to_string(), "uncharged 14 but only 10 was charged; 4 forgiven");
         assert_eq!((fx.c.usage(), fx.b.usage(), fx.root.usage()), (0, 23, 28));
         assert_eq!((fx.c.underflows(), fx.c.forgiven()), (1, 4));
         for n in [fx.root, fx.b, fx.d, fx.s] {
@@ -517,13 +455,7 @@ fn rule_1_3_over_uncharge_clamps_the_node_and_uncharges_ancestors_by_what_it_hel
 
         // Uncharging an empty node forgives everything and touches nobody else.
         let before = fx.snaps();
-        assert_eq!(
-            fx.c.try_uncharge(3),
-            Err(Underflow {
-                requested: 3,
-                forgiven: 3
-            })
-        );
+        assert_eq!(fx.c.try_uncharge(3), Err(Underflow { requested: 3, forgiven: 3 }));
         assert_eq!((fx.c.underflows(), fx.c.forgiven()), (2, 7));
         let after = fx.snaps();
         assert_eq!(before[..2], after[..2]);
@@ -547,11 +479,7 @@ fn rule_1_6_uncharge_repairs_and_balances_before_the_debug_assertion() {
     fixture(|fx| {
         // d holds 20 and declares min 100, so its whole usage was protected.
         let r = catch_unwind(AssertUnwindSafe(|| fx.d.uncharge(25)));
-        assert_eq!(
-            r.is_err(),
-            cfg!(debug_assertions),
-            "panics only in debug builds"
-        );
+        assert_eq!(r.is_err(), cfg!(debug_assertions), "panics only in debug builds");
         // Whether or not the assertion fired, the clamp was applied and counted first.
         assert_eq!(fx.d.usage(), 0);
         assert_eq!((fx.d.underflows(), fx.d.forgiven()), (1, 5));
@@ -577,11 +505,7 @@ fn rule_1_4_forced_charge_ignores_max_and_raises_peaks() {
     assert_eq!(child.charge(10), Ok(()));
     for n in [&root, &child] {
         assert_eq!((n.usage(), n.peak(), n.local_peak()), (10, 10, 10));
-        assert_eq!(
-            (n.margin(), n.failcnt()),
-            (0, 0),
-            "a forced charge never fails"
-        );
+        assert_eq!((n.margin(), n.failcnt()), (0, 0), "a forced charge never fails");
     }
     // Over the limit now: a limited charge fails at the lowest node that is over.
     assert_limit(child.try_charge(1), &child, 0);
@@ -602,36 +526,14 @@ fn bad_input_forced_charge_past_counter_max_is_overflow_and_changes_nothing() {
         // c and b have room; the root does not. Linux would wrap; here nothing changes, not
         // even the peaks or protection sums of c and b, which passed their own checks.
         assert_eq!(fx.c.charge(3), Err(Overflow { requested: 3 }));
-        assert_eq!(
-            fx.c.charge(COUNTER_MAX),
-            Err(Overflow {
-                requested: COUNTER_MAX
-            })
-        );
-        assert_eq!(
-            fx.c.charge(COUNTER_MAX + 1),
-            Err(Overflow {
-                requested: COUNTER_MAX + 1
-            })
-        );
-        assert_eq!(
-            fx.c.charge(usize::MAX),
-            Err(Overflow {
-                requested: usize::MAX
-            })
-        );
-        assert_eq!(
-            fx.snaps(),
-            before,
-            "failcnt too: an overflow is not a limit failure"
-        );
+        assert_eq!(fx.c.charge(COUNTER_MAX), Err(Overflow { requested: COUNTER_MAX }));
+        assert_eq!(fx.c.charge(COUNTER_MAX + 1), Err(Overflow { requested: COUNTER_MAX + 1 }));
+        assert_eq!(fx.c.charge(usize::MAX), Err(Overflow { requested: usize::MAX }));
+        assert_eq!(fx.snaps(), before, "failcnt too: an overflow is not a limit failure");
         fx.assert_balanced(locals);
         // Exactly COUNTER_MAX still fits.
         fx.c.charge(2).unwrap();
-        assert_eq!(
-            (fx.root.usage(), fx.root.peak()),
-            (COUNTER_MAX, COUNTER_MAX)
-        );
+        assert_eq!((fx.root.usage(), fx.root.peak()), (COUNTER_MAX, COUNTER_MAX));
         fx.assert_balanced([1, 3, 12, 20, 4 + fill]);
     });
 }
@@ -663,11 +565,7 @@ fn rule_1_5_try_charge_reports_lowest_failing_ancestor() {
 
     // Only the root is exceeded.
     let err = c.try_charge(8).unwrap_err();
-    assert!(
-        err.to_string()
-            .starts_with("limit exceeded 2 level(s) up: max 5"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("limit exceeded 2 level(s) up: max 5"), "{err}");
     assert_limit(Err(err), &root, 2);
     assert_eq!((c.failcnt(), b.failcnt(), root.failcnt()), (0, 2, 1));
 
@@ -694,13 +592,7 @@ fn rule_1_5_failed_try_charge_rolls_back_lower_levels_their_protection_and_peaks
         // here peaks are raised only by charges that commit.
         assert_eq!((after[2].peak, after[1].peak), (10, 33));
         assert_eq!(after[0].failcnt, before[0].failcnt + 1);
-        assert_eq!(
-            Snap {
-                failcnt: before[0].failcnt,
-                ..after[0]
-            },
-            before[0]
-        );
+        assert_eq!(Snap { failcnt: before[0].failcnt, ..after[0] }, before[0]);
         fx.assert_balanced(LOCALS);
         // A charge that fits the root commits at every level.
         fx.c.try_charge(2).unwrap();
@@ -761,20 +653,8 @@ fn rule_1_7_set_max_is_busy_below_usage_and_changes_nothing() {
     fixture(|fx| {
         // b's hierarchical usage is 33 (3 local + 10 + 20).
         let before = fx.snaps();
-        assert_eq!(
-            fx.b.set_max(32),
-            Err(LimitError::Busy {
-                usage: 33,
-                limit: 32
-            })
-        );
-        assert_eq!(
-            fx.b.set_max(0),
-            Err(LimitError::Busy {
-                usage: 33,
-                limit: 0
-            })
-        );
+        assert_eq!(fx.b.set_max(32), Err(LimitError::Busy { usage: 33, limit: 32 }));
+        assert_eq!(fx.b.set_max(0), Err(LimitError::Busy { usage: 33, limit: 0 }));
         assert_eq!(fx.snaps(), before);
         assert_eq!(fx.b.max(), COUNTER_MAX);
         fx.assert_balanced(LOCALS);
@@ -783,11 +663,7 @@ fn rule_1_7_set_max_is_busy_below_usage_and_changes_nothing() {
         assert_eq!(fx.b.max(), 33);
         assert_limit(fx.d.try_charge(1), fx.b, 1);
         assert_eq!(
-            LimitError::Busy {
-                usage: 33,
-                limit: 32
-            }
-            .to_string(),
+            LimitError::Busy { usage: 33, limit: 32 }.to_string(),
             "usage 33 is above the requested limit 32"
         );
     });
@@ -805,21 +681,9 @@ fn rule_1_7_raising_the_limit_always_succeeds() {
     c.set_max(10).unwrap();
     c.charge(5).unwrap();
     assert_eq!(c.usage(), 15);
-    assert_eq!(
-        c.set_max(14),
-        Err(LimitError::Busy {
-            usage: 15,
-            limit: 14
-        })
-    );
+    assert_eq!(c.set_max(14), Err(LimitError::Busy { usage: 15, limit: 14 }));
     assert_eq!(c.max(), 10);
-    assert_eq!(
-        c.set_max(12),
-        Err(LimitError::Busy {
-            usage: 15,
-            limit: 12
-        })
-    );
+    assert_eq!(c.set_max(12), Err(LimitError::Busy { usage: 15, limit: 12 }));
     assert_eq!(c.set_max(20), Ok(()));
     assert_eq!(c.max(), 20);
     // Bounded retries: the library gives up after a fixed number instead of looping forever.
@@ -839,12 +703,7 @@ fn rule_1_7_swap_max_installs_unconditionally() {
     c.uncharge(1);
     assert!(c.try_charge(1).is_ok());
     assert_eq!(c.swap_max(0), Ok(3));
-    assert_eq!(
-        c.swap_max(COUNTER_MAX + 1),
-        Err(LimitError::TooLarge {
-            value: COUNTER_MAX + 1
-        })
-    );
+    assert_eq!(c.swap_max(COUNTER_MAX + 1), Err(LimitError::TooLarge { value: COUNTER_MAX + 1 }));
     assert_eq!((c.max(), c.usage()), (0, 3));
     assert_balanced(&root, 0, &[&c]);
 }
@@ -879,10 +738,7 @@ fn rule_1_7_set_max_under_racing_chargers_never_lets_usage_past_an_installed_lim
                     ok += 1;
                     assert_eq!(root.max(), target);
                     let seen = root.usage();
-                    assert!(
-                        seen <= target + CHARGERS,
-                        "usage {seen} above installed limit {target}"
-                    );
+                    assert!(seen <= target + CHARGERS, "usage {seen} above installed limit {target}");
                 }
                 Err(LimitError::Busy { limit, .. }) => {
                     assert_eq!(limit, target);
@@ -933,18 +789,10 @@ fn rule_1_8_min_low_high_accept_values_above_max_and_each_other() {
     assert!(c.try_charge(4).is_ok());
     assert_eq!((c.usage(), c.high(), c.failcnt()), (10, 0, 0));
     // COUNTER_MAX itself is representable for every setting.
-    for set in [
-        Counter::set_max,
-        Counter::set_high,
-        Counter::set_min,
-        Counter::set_low,
-    ] {
+    for set in [Counter::set_max, Counter::set_high, Counter::set_min, Counter::set_low] {
         assert_eq!(set(&c, COUNTER_MAX), Ok(()));
     }
-    assert_eq!(
-        (c.min(), c.low(), c.high(), c.max()),
-        (COUNTER_MAX, COUNTER_MAX, COUNTER_MAX, COUNTER_MAX)
-    );
+    assert_eq!((c.min(), c.low(), c.high(), c.max()), (COUNTER_MAX, COUNTER_MAX, COUNTER_MAX, COUNTER_MAX));
     assert_balanced(&root, 0, &[&c]);
 }
 
@@ -964,11 +812,7 @@ fn bad_input_settings_above_counter_max_are_too_large_and_change_nothing() {
         }
         assert_eq!(fx.snaps(), before);
         fx.assert_balanced(LOCALS);
-        assert!(
-            LimitError::TooLarge { value: usize::MAX }
-                .to_string()
-                .contains("above the counter maximum")
-        );
+        assert!(LimitError::TooLarge { value: usize::MAX }.to_string().contains("above the counter maximum"));
     });
 }
 
@@ -1007,10 +851,7 @@ fn rule_1_9_watchers_see_the_peak_since_their_own_reset() {
     c.uncharge(8);
     b.as_ref().reset(); // b's window starts at 2; a keeps its 10
     c.charge(3).unwrap(); // usage 5
-    assert_eq!(
-        (a.read(), b.read(), c.peak(), c.local_peak()),
-        (10, 5, 10, 5)
-    );
+    assert_eq!((a.read(), b.read(), c.peak(), c.local_peak()), (10, 5, 10, 5));
     // A watcher that never reset reads the global peak, whatever the others did.
     assert_eq!(never.read(), 10);
 
@@ -1072,11 +913,8 @@ fn rule_1_9_watchers_can_be_dropped_in_any_order() {
                     assert_eq!(c.peak(), c.usage());
                 }
             }
-            let expected: Vec<Option<usize>> = w
-                .iter()
-                .zip(peak_so_far)
-                .map(|(w, p)| w.as_ref().map(|_| p))
-                .collect();
+            let expected: Vec<Option<usize>> =
+                w.iter().zip(peak_so_far).map(|(w, p)| w.as_ref().map(|_| p)).collect();
             assert_eq!(reads(&w).to_vec(), expected, "order {order:?} step {step}");
         }
         // A fresh watcher registers on the emptied list.
@@ -1117,43 +955,21 @@ fn rule_1_10_parse_max_token() {
         assert_eq!(parse_amount(" max\n", unit), Ok(COUNTER_MAX));
     }
     // The token is exact and case-sensitive; v1's "-1" is not accepted.
-    assert_eq!(
-        parse_amount("MAX", 4096),
-        Err(ParseError::InvalidDigit { at: 0 })
-    );
-    assert_eq!(
-        parse_amount("Max", 4096),
-        Err(ParseError::InvalidDigit { at: 0 })
-    );
-    assert_eq!(
-        parse_amount("maxx", 4096),
-        Err(ParseError::InvalidDigit { at: 0 })
-    );
-    assert_eq!(
-        parse_amount("-1", 4096),
-        Err(ParseError::InvalidDigit { at: 0 })
-    );
+    assert_eq!(parse_amount("MAX", 4096), Err(ParseError::InvalidDigit { at: 0 }));
+    assert_eq!(parse_amount("Max", 4096), Err(ParseError::InvalidDigit { at: 0 }));
+    assert_eq!(parse_amount("maxx", 4096), Err(ParseError::InvalidDigit { at: 0 }));
+    assert_eq!(parse_amount("-1", 4096), Err(ParseError::InvalidDigit { at: 0 }));
 }
 
 #[test]
 fn rule_1_10_parse_binary_suffixes_in_both_cases() {
-    let suffixes = [
-        ('K', 10),
-        ('M', 20),
-        ('G', 30),
-        ('T', 40),
-        ('P', 50),
-        ('E', 60),
-    ];
+    let suffixes = [('K', 10), ('M', 20), ('G', 30), ('T', 40), ('P', 50), ('E', 60)];
     for (suffix, shift) in suffixes {
         let expected = ((7u64 << shift) / 4096) as usize;
         for s in [suffix, suffix.to_ascii_lowercase()] {
             assert_eq!(parse_amount(&format!("7{s}"), 4096), Ok(expected), "7{s}");
         }
-        assert_eq!(
-            parse_amount(&format!("1{suffix}"), 1 << 10),
-            Ok(1 << (shift - 10))
-        );
+        assert_eq!(parse_amount(&format!("1{suffix}"), 1 << 10), Ok(1 << (shift - 10)));
     }
     assert_eq!(parse_amount("512M", 4096), Ok(512 * M));
     assert_eq!(parse_amount("1g", 1), Ok(1 << 30));
@@ -1183,14 +999,8 @@ fn rule_1_10_parse_ignores_surrounding_whitespace() {
     assert_eq!(parse_amount(" 1g\n", 1), Ok(1 << 30));
     assert_eq!(parse_amount("\n0x10\n", 1), Ok(16));
     // Offsets are into the trimmed input.
-    assert_eq!(
-        parse_amount("   12x ", 1),
-        Err(ParseError::InvalidDigit { at: 2 })
-    );
-    assert_eq!(
-        parse_amount("1 K", 1),
-        Err(ParseError::InvalidDigit { at: 1 })
-    );
+    assert_eq!(parse_amount("   12x ", 1), Err(ParseError::InvalidDigit { at: 2 }));
+    assert_eq!(parse_amount("1 K", 1), Err(ParseError::InvalidDigit { at: 1 }));
 }
 
 #[test]
@@ -1233,10 +1043,7 @@ fn bad_input_garbage_amount_strings_report_kind_and_offset() {
         assert_eq!(parse_amount(input, 4096), Err(expected), "{input:?}");
         assert_eq!(parse_amount(input, 1), Err(expected), "{input:?}");
     }
-    assert_eq!(
-        ParseError::InvalidDigit { at: 2 }.to_string(),
-        "invalid character at byte 2"
-    );
+    assert_eq!(ParseError::InvalidDigit { at: 2 }.to_string(), "invalid character at byte 2");
     // A rejected string never reaches a limit write: the fixture's limits and balances are
     // exactly as before.
     fixture(|fx| {
@@ -1254,14 +1061,8 @@ fn bad_input_garbage_amount_strings_report_kind_and_offset() {
 fn bad_input_too_large_amounts_are_errors_not_clamped() {
     use ParseError::TooLarge;
     // Does not fit 64 bits at all (Linux would clamp to "max").
-    assert_eq!(
-        parse_amount("18446744073709551616", usize::MAX),
-        Err(TooLarge)
-    );
-    assert_eq!(
-        parse_amount("0x10000000000000000", usize::MAX),
-        Err(TooLarge)
-    );
+    assert_eq!(parse_amount("18446744073709551616", usize::MAX), Err(TooLarge));
+    assert_eq!(parse_amount("0x10000000000000000", usize::MAX), Err(TooLarge));
     assert_eq!(parse_amount("99999999999999999999999", 4096), Err(TooLarge));
     assert_eq!(parse_amount("16E", usize::MAX), Err(TooLarge));
     assert_eq!(parse_amount("17179869184G", usize::MAX), Err(TooLarge)); // 2^64
@@ -1274,10 +1075,7 @@ fn bad_input_too_large_amounts_are_errors_not_clamped() {
     // Fits 64 bits but not the counter.
     assert_eq!(parse_amount("1E", 1), Err(TooLarge));
     assert_eq!(parse_amount(&format!("{COUNTER_MAX}"), 1), Ok(COUNTER_MAX));
-    assert_eq!(
-        parse_amount(&format!("{}", COUNTER_MAX as u64 + 1), 1),
-        Err(TooLarge)
-    );
+    assert_eq!(parse_amount(&format!("{}", COUNTER_MAX as u64 + 1), 1), Err(TooLarge));
     assert!(TooLarge.to_string().contains("above the counter maximum"));
 }
 
@@ -1286,37 +1084,21 @@ fn bad_input_too_large_amounts_are_errors_not_clamped() {
 fn bad_input_too_large_amount_boundaries_in_pages() {
     use ParseError::TooLarge;
     let top = COUNTER_MAX as u64 * 4096;
-    assert_eq!(
-        parse_amount(&format!("{}", top + 4095), 4096),
-        Ok(COUNTER_MAX)
-    );
-    assert_eq!(
-        parse_amount(&format!("{}", top + 4096), 4096),
-        Err(TooLarge)
-    );
+    assert_eq!(parse_amount(&format!("{}", top + 4095), 4096), Ok(COUNTER_MAX));
+    assert_eq!(parse_amount(&format!("{}", top + 4096), 4096), Err(TooLarge));
     assert_eq!(parse_amount("18446744073709551615", 4096), Err(TooLarge));
     // u64::MAX bytes in 8 KiB units is exactly 2^51 - 1 = COUNTER_MAX.
     assert_eq!(parse_amount("18446744073709551615", 8192), Ok(COUNTER_MAX));
     // (2^34 - 1) GiB in 8 KiB units = 2^51 - 2^17.
-    assert_eq!(
-        parse_amount("17179869183G", 8192),
-        Ok((1 << 51) - (1 << 17))
-    );
+    assert_eq!(parse_amount("17179869183G", 8192), Ok((1 << 51) - (1 << 17)));
 }
 
 #[test]
 fn bad_input_zero_unit() {
     for input in ["4096", "max", "", "garbage", "99999999999999999999999"] {
-        assert_eq!(
-            parse_amount(input, 0),
-            Err(ParseError::ZeroUnit),
-            "{input:?}"
-        );
+        assert_eq!(parse_amount(input, 0), Err(ParseError::ZeroUnit), "{input:?}");
     }
-    assert_eq!(
-        ParseError::ZeroUnit.to_string(),
-        "unit size must be at least one byte"
-    );
+    assert_eq!(ParseError::ZeroUnit.to_string(), "unit size must be at least one byte");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1335,11 +1117,7 @@ fn rule_1_11_ep_rule_2_never_more_than_the_parents_effective_protection() {
     assert_eq!(effective_protection(100, 50, 0, 30, 0, true), 30);
     // Overcommitted with a stale (too small) sibling sum: 100 * 50 / 60 = 83, capped at 50.
     assert_eq!(effective_protection(100, 100, 100, 50, 60, false), 50);
-    assert_eq!(
-        effective_protection(5, 5, 5, 0, 0, true),
-        0,
-        "parent has nothing"
-    );
+    assert_eq!(effective_protection(5, 5, 5, 0, 0, true), 0, "parent has nothing");
 }
 
 #[test]
@@ -1348,35 +1126,16 @@ fn rule_1_11_ep_rule_3_overcommit_splits_by_used_protection() {
     // 75M/25M/0, so the used protection is 50M + 25M + 0 = 75M > 50M.
     let (used, parent_usage, parent_eff, siblings) = (50 * M, 150 * M, 50 * M, 75 * M);
     // C: 12800 * 12800 / 19200 = 8533.33 → 8533
-    assert_eq!(
-        effective_protection(used, parent_usage, 75 * M, parent_eff, siblings, false),
-        8533
-    );
+    assert_eq!(effective_protection(used, parent_usage, 75 * M, parent_eff, siblings, false), 8533);
     // D: 6400 * 12800 / 19200 = 4266.67 → 4266
-    assert_eq!(
-        effective_protection(used, parent_usage, 25 * M, parent_eff, siblings, false),
-        4266
-    );
+    assert_eq!(effective_protection(used, parent_usage, 25 * M, parent_eff, siblings, false), 4266);
     // E declares nothing: 0, and recursion does not help while overcommitted.
-    assert_eq!(
-        effective_protection(used, parent_usage, 0, parent_eff, siblings, true),
-        0
-    );
+    assert_eq!(effective_protection(used, parent_usage, 0, parent_eff, siblings, true), 0);
     // Work-conserving: a child using nothing claims nothing.
-    assert_eq!(
-        effective_protection(0, parent_usage, 500 * M, parent_eff, siblings, false),
-        0
-    );
+    assert_eq!(effective_protection(0, parent_usage, 500 * M, parent_eff, siblings, false), 0);
     // 128-bit intermediates: products near COUNTER_MAX² are exact.
     assert_eq!(
-        effective_protection(
-            COUNTER_MAX,
-            COUNTER_MAX,
-            COUNTER_MAX,
-            COUNTER_MAX / 2,
-            COUNTER_MAX,
-            false
-        ),
+        effective_protection(COUNTER_MAX, COUNTER_MAX, COUNTER_MAX, COUNTER_MAX / 2, COUNTER_MAX, false),
         COUNTER_MAX / 2
     );
     assert_eq!(
@@ -1410,10 +1169,7 @@ fn rule_1_11_ep_rule_5_recursive_protection_floats_by_unprotected_usage() {
     assert_eq!(effective_protection(50, 40, 20, 100, 40, true), 20);
     assert_eq!(effective_protection(50, 0, 0, 100, 0, true), 0);
     // Near the top of the range.
-    assert_eq!(
-        effective_protection(COUNTER_MAX, COUNTER_MAX, 0, COUNTER_MAX, 0, true),
-        COUNTER_MAX
-    );
+    assert_eq!(effective_protection(COUNTER_MAX, COUNTER_MAX, 0, COUNTER_MAX, 0, true), COUNTER_MAX);
 }
 
 #[test]
@@ -1454,12 +1210,9 @@ fn selftest_tree<R>(f: impl FnOnce(&Counter<'_>, &Counter<'_>, [&Counter<'_>; 4]
     let leaves = [(); 4].map(|()| Counter::new(Some(&b)));
     b.set_min(50 * M).unwrap();
     b.set_low(50 * M).unwrap();
-    for (leaf, (declared, used)) in leaves.iter().zip([
-        (75 * M, 50 * M),
-        (25 * M, 50 * M),
-        (0, 50 * M),
-        (500 * M, 0),
-    ]) {
+    for (leaf, (declared, used)) in
+        leaves.iter().zip([(75 * M, 50 * M), (25 * M, 50 * M), (0, 50 * M), (500 * M, 0)])
+    {
         leaf.set_min(declared).unwrap();
         leaf.set_low(declared).unwrap();
         leaf.try_charge(used).unwrap();
@@ -1482,10 +1235,7 @@ fn rule_1_11_selftest_example_effective_values() {
         let [c, d, e, f] = leaves;
         assert_eq!(b.usage(), 150 * M);
         // Used protection below B: min(50M, 75M) + min(50M, 25M) + 0 + 0 = 75M = 19200.
-        assert_eq!(
-            (b.children_min_usage(), b.children_low_usage()),
-            (75 * M, 75 * M)
-        );
+        assert_eq!((b.children_min_usage(), b.children_low_usage()), (75 * M, 75 * M));
         assert_eq!((b.min_usage(), a.children_min_usage()), (50 * M, 50 * M));
         for recursive in [false, true] {
             walk(a, b, leaves, recursive);
@@ -1498,16 +1248,10 @@ fn rule_1_11_selftest_example_effective_values() {
             for (leaf, want) in leaves.iter().zip(expected) {
                 assert_eq!((leaf.effective_min(), leaf.effective_low()), (want, want));
                 // The stateless query agrees with the walk.
-                assert_eq!(
-                    leaf.effective_protection_under(a, recursive),
-                    Some((want, want))
-                );
+                assert_eq!(leaf.effective_protection_under(a, recursive), Some((want, want)));
             }
             assert!(c.effective_min() + d.effective_min() <= b.effective_min());
-            assert_eq!(
-                b.effective_protection_under(a, recursive),
-                Some((50 * M, 50 * M))
-            );
+            assert_eq!(b.effective_protection_under(a, recursive), Some((50 * M, 50 * M)));
             assert_eq!(f.usage(), 0);
             assert_eq!(e.effective_protection_under(b, recursive), Some((0, 0)));
         }
@@ -1518,12 +1262,7 @@ fn rule_1_11_selftest_example_effective_values() {
 /// top-down, then reclaims `alpha * (usage - emin)` (at least one cluster, at most the usage)
 /// from every leaf above its protection, all leaves from the same round's values (the model's
 /// parallel reclaim). Returns the number of rounds until nothing was reclaimable.
-fn simulate_reclaim(
-    a: &Counter<'_>,
-    b: &Counter<'_>,
-    leaves: [&Counter<'_>; 4],
-    recursive: bool,
-) -> usize {
+fn simulate_reclaim(a: &Counter<'_>, b: &Counter<'_>, leaves: [&Counter<'_>; 4], recursive: bool) -> usize {
     /// alpha = 1/10, as in the model.
     const ALPHA_DIVISOR: usize = 10;
     /// SWAP_CLUSTER_MAX: 32 pages (the model's 128 KiB).
@@ -1532,11 +1271,7 @@ fn simulate_reclaim(
         walk(a, b, leaves, recursive);
         let amounts = leaves.map(|leaf| {
             let (usage, emin) = (leaf.usage(), leaf.effective_min());
-            if usage > emin {
-                ((usage - emin) / ALPHA_DIVISOR).max(CLUSTER).min(usage)
-            } else {
-                0
-            }
+            if usage > emin { ((usage - emin) / ALPHA_DIVISOR).max(CLUSTER).min(usage) } else { 0 }
         });
         if amounts.iter().all(|&r| r == 0) {
             return round;
@@ -1561,16 +1296,8 @@ fn rule_1_11_selftest_example_reclaim_settles_at_documented_equilibrium() {
             // 0.125M) because rounds stop as soon as usage <= emin; and integer truncation
             // loses less than one page per round and leaf (~50 rounds ≈ 0.2M).
             let near = |got: usize, want: usize| got.abs_diff(want) <= M;
-            assert!(
-                near(c, 29 * M),
-                "C = {c} pages ({:.2}M)",
-                c as f64 / M as f64
-            );
-            assert!(
-                near(d, 21 * M),
-                "D = {d} pages ({:.2}M)",
-                d as f64 / M as f64
-            );
+            assert!(near(c, 29 * M), "C = {c} pages ({:.2}M)", c as f64 / M as f64);
+            assert!(near(d, 21 * M), "D = {d} pages ({:.2}M)", d as f64 / M as f64);
             // E: nothing protects it; recursion can leave it a few pages of floating share
             // (less than one cluster).
             assert!(e < 32, "E = {e} pages");
@@ -1579,21 +1306,14 @@ fn rule_1_11_selftest_example_reclaim_settles_at_documented_equilibrium() {
             }
             assert_eq!(f, 0);
             // B settles just within its 50M of protection, and everything balances.
-            assert!(
-                b.usage() <= 50 * M && b.usage() + M >= 50 * M,
-                "B = {}",
-                b.usage()
-            );
+            assert!(b.usage() <= 50 * M && b.usage() + M >= 50 * M, "B = {}", b.usage());
             assert_balanced(b, 0, &leaves);
             assert_balanced(a, 0, &[b]);
             assert!(rounds < 200, "took {rounds} rounds");
             // At equilibrium every leaf is within its effective protection.
             walk(a, b, leaves, recursive);
             for leaf in leaves {
-                assert!(
-                    leaf.usage() <= leaf.effective_min() || leaf.usage() == 0,
-                    "{leaf:?}"
-                );
+                assert!(leaf.usage() <= leaf.effective_min() || leaf.usage() == 0, "{leaf:?}");
             }
         });
     }
@@ -1659,10 +1379,7 @@ fn rule_1_11_effective_protection_under_is_a_stateless_query() {
         assert_eq!(a.effective_protection_under(a, true), Some((0, 0)));
         // Computed top-down from the root without any walk having run.
         assert_eq!(c.effective_protection_under(a, false), Some((8533, 8533)));
-        assert_eq!(
-            c.effective_protection_under(b, false),
-            Some((75 * M, 75 * M))
-        );
+        assert_eq!(c.effective_protection_under(b, false), Some((75 * M, 75 * M)));
         assert_eq!(f.effective_protection_under(a, false), Some((0, 0)));
         // Nothing was stored.
         assert_eq!([a, b, c, d, f].map(snap), before);
@@ -1697,16 +1414,10 @@ fn rule_1_11_untracked_nodes_get_no_effective_protection() {
     untracked.calculate_protection(&root, false);
     child.calculate_protection(&root, false);
     assert_eq!((untracked.effective_min(), child.effective_min()), (0, 0));
-    assert_eq!(
-        untracked.effective_protection_under(&root, false),
-        Some((0, 0))
-    );
+    assert_eq!(untracked.effective_protection_under(&root, false), Some((0, 0)));
     assert_eq!(child.effective_protection_under(&root, true), Some((0, 0)));
     // Rooted at the untracked node, the child is first level and gets its declaration.
-    assert_eq!(
-        child.effective_protection_under(&untracked, false),
-        Some((100, 0))
-    );
+    assert_eq!(child.effective_protection_under(&untracked, false), Some((100, 0)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1723,19 +1434,14 @@ fn rule_1_13_random_well_behaved_sequences_keep_every_invariant() {
         let len = 1 + rng.below(8);
         let spec: Vec<NodeSpec> = (0..len)
             .map(|i| NodeSpec {
-                parent: if i == 0 || rng.percent(10) {
-                    None
-                } else {
-                    Some(rng.below(i))
-                },
+                parent: if i == 0 || rng.percent(10) { None } else { Some(rng.below(i)) },
                 protection: rng.percent(85),
                 failcnt: rng.percent(85),
             })
             .collect();
         with_tree(&spec, |nodes| {
-            let children: Vec<Vec<usize>> = (0..len)
-                .map(|p| (0..len).filter(|&c| spec[c].parent == Some(p)).collect())
-                .collect();
+            let children: Vec<Vec<usize>> =
+                (0..len).map(|p| (0..len).filter(|&c| spec[c].parent == Some(p)).collect()).collect();
             let path = |mut i: usize| {
                 let mut p = vec![i];
                 while let Some(up) = spec[i].parent {
@@ -1817,11 +1523,7 @@ fn rule_1_13_random_well_behaved_sequences_keep_every_invariant() {
                     assert_balanced(c, local[j], &kids);
                     // Peaks: raised only by committed charges, to the usage they produced.
                     peak[j] = peak[j].max(c.usage());
-                    assert_eq!(
-                        (c.peak(), c.local_peak()),
-                        (peak[j], peak[j]),
-                        "{ctx}: peak {j}"
-                    );
+                    assert_eq!((c.peak(), c.local_peak()), (peak[j], peak[j]), "{ctx}: peak {j}");
                     assert_eq!(c.failcnt(), failcnt[j], "{ctx}: failcnt {j}");
                     assert_eq!((c.underflows(), c.forgiven()), (0, 0), "{ctx}");
                 }
@@ -1895,10 +1597,7 @@ fn rule_1_13_concurrent_updates_balance_exactly_at_quiescence() {
     let refs: Vec<&Counter<'_>> = leaves.iter().collect();
     assert_balanced(&b, 0, &refs);
     assert_balanced(&root, 0, &[&b]);
-    assert!(
-        root.usage() <= root.max(),
-        "I2 at quiescence (no forced charges)"
-    );
+    assert!(root.usage() <= root.max(), "I2 at quiescence (no forced charges)");
     // I4 (sequentially exact here, only approximate under races).
     for c in refs.iter().copied().chain([&b, &root]) {
         assert!(c.local_peak() <= c.peak());
@@ -1959,18 +1658,12 @@ fn rule_1_14_huge_amounts() {
     let b = Counter::new(Some(&root));
     // COUNTER_MAX itself fits an empty unlimited tree.
     assert!(a.try_charge(COUNTER_MAX).is_ok());
-    assert_eq!(
-        (a.usage(), root.usage(), root.margin()),
-        (COUNTER_MAX, COUNTER_MAX, 0)
-    );
+    assert_eq!((a.usage(), root.usage(), root.margin()), (COUNTER_MAX, COUNTER_MAX, 0));
     assert_limit(a.try_charge(1), &a, 0);
     assert_limit(b.try_charge(1), &root, 1);
     assert_eq!(b.charge(1), Err(Overflow { requested: 1 }));
     a.uncharge(COUNTER_MAX);
-    assert_eq!(
-        (root.usage(), root.peak(), a.peak(), b.peak()),
-        (0, COUNTER_MAX, COUNTER_MAX, 0)
-    );
+    assert_eq!((root.usage(), root.peak(), a.peak(), b.peak()), (0, COUNTER_MAX, COUNTER_MAX, 0));
     // Half and half: the second half fails at the shared parent.
     let half = COUNTER_MAX / 2 + 1;
     a.try_charge(half).unwrap();
@@ -2010,17 +1703,8 @@ fn bad_input_uncharging_what_was_never_charged() {
         let stranger = Counter::new(Some(fx.b));
         stranger.set_min(10).unwrap();
         let before = fx.snaps();
-        assert_eq!(
-            stranger.try_uncharge(10),
-            Err(Underflow {
-                requested: 10,
-                forgiven: 10
-            })
-        );
-        assert_eq!(
-            (stranger.usage(), stranger.underflows(), stranger.forgiven()),
-            (0, 1, 10)
-        );
+        assert_eq!(stranger.try_uncharge(10), Err(Underflow { requested: 10, forgiven: 10 }));
+        assert_eq!((stranger.usage(), stranger.underflows(), stranger.forgiven()), (0, 1, 10));
         // Nobody else noticed: Linux would have taken 10 from b and the root.
         assert_eq!(fx.snaps(), before);
         fx.assert_balanced(LOCALS);
@@ -2038,10 +1722,7 @@ fn bad_input_uncharge_usize_max() {
     fixture(|fx| {
         assert_eq!(
             fx.c.try_uncharge(usize::MAX),
-            Err(Underflow {
-                requested: usize::MAX,
-                forgiven: usize::MAX - 10
-            })
+            Err(Underflow { requested: usize::MAX, forgiven: usize::MAX - 10 })
         );
         assert_eq!((fx.c.usage(), fx.c.underflows()), (0, 1));
         assert_eq!((fx.b.usage(), fx.root.usage()), (23, 28));
@@ -2059,19 +1740,12 @@ fn bad_input_uncharge_usize_max() {
         // caller's bug. Its ancestors still balance, and d is untouched.
         assert_eq!(
             fx.b.try_uncharge(usize::MAX),
-            Err(Underflow {
-                requested: usize::MAX,
-                forgiven: usize::MAX - 23
-            })
+            Err(Underflow { requested: usize::MAX, forgiven: usize::MAX - 23 })
         );
         assert_eq!((fx.b.usage(), fx.d.usage(), fx.root.usage()), (0, 20, 5));
         assert_balanced(fx.root, 1, &[fx.b, fx.s]);
         assert_protected_usage(fx.d);
-        assert_eq!(
-            fx.b.children_min_usage(),
-            20,
-            "d's share is still summed in b"
-        );
+        assert_eq!(fx.b.children_min_usage(), 20, "d's share is still summed in b");
     });
 }
 
@@ -2080,9 +1754,7 @@ fn bad_input_uncharge_usize_max() {
 #[test]
 fn rule_1_14_deep_chains_roll_back_completely() {
     const DEPTH: usize = 70;
-    let spec: Vec<NodeSpec> = (0..DEPTH)
-        .map(|i| NodeSpec::under(i.checked_sub(1)))
-        .collect();
+    let spec: Vec<NodeSpec> = (0..DEPTH).map(|i| NodeSpec::under(i.checked_sub(1))).collect();
     with_tree(&spec, |chain| {
         let leaf = chain[DEPTH - 1];
         let top = chain[0];
@@ -2091,10 +1763,7 @@ fn rule_1_14_deep_chains_roll_back_completely() {
         assert!(chain.iter().all(|c| (c.usage(), c.peak()) == (3, 3)));
         top.set_max(5).unwrap();
         assert_limit(leaf.try_charge(10), top, DEPTH - 1);
-        assert!(
-            chain.iter().all(|c| c.usage() == 3),
-            "rolled back everywhere"
-        );
+        assert!(chain.iter().all(|c| c.usage() == 3), "rolled back everywhere");
         assert_eq!(top.failcnt(), 1);
         leaf.uncharge(3);
         for (i, c) in chain.iter().enumerate() {
@@ -2112,9 +1781,7 @@ fn rule_1_14_deep_chains_roll_back_completely() {
 
 fn rule_1_5_failed_charge_leaves_no_peak_at_levels_beyond_64() {
     const DEPTH: usize = 70;
-    let spec: Vec<NodeSpec> = (0..DEPTH)
-        .map(|i| NodeSpec::under(i.checked_sub(1)))
-        .collect();
+    let spec: Vec<NodeSpec> = (0..DEPTH).map(|i| NodeSpec::under(i.checked_sub(1))).collect();
     with_tree(&spec, |chain| {
         let leaf = chain[DEPTH - 1];
         let top = chain[0];

@@ -56,8 +56,7 @@ impl<'p> Counter<'p> {
         if n == 0 {
             return Ok(());
         }
-        self.charge_walk::<true>(n)
-            .map_err(|_| Overflow { requested: n })
+        self.charge_walk::<true>(n).map_err(|_| Overflow { requested: n })
     }
 
     /// Uncharges `n` from this node and every ancestor.
@@ -71,10 +70,7 @@ impl<'p> Counter<'p> {
     #[track_caller]
     pub fn uncharge(&self, n: usize) {
         let result = self.try_uncharge(n);
-        debug_assert!(
-            result.is_ok(),
-            "chargetree: uncharge of more than was charged: {result:?}"
-        );
+        debug_assert!(result.is_ok(), "chargetree: uncharge of more than was charged: {result:?}");
     }
 
     /// Uncharges `n` like [`Counter::uncharge`], but reports an over-uncharge as
@@ -102,14 +98,7 @@ impl<'p> Counter<'p> {
             return Ok(());
         }
         let applied = self.cancel_walk(n, None);
-        if applied == n {
-            Ok(())
-        } else {
-            Err(Underflow {
-                requested: n,
-                forgiven: n - applied,
-            })
-        }
+        if applied == n { Ok(()) } else { Err(Underflow { requested: n, forgiven: n - applied }) }
     }
 
     /// The shared walk of `charge` and `try_charge`. `FORCE` compares against
@@ -129,10 +118,7 @@ impl<'p> Counter<'p> {
             // ORDERING: SeqCst RMW, first half of protocol L (module docs): the increment is
             // ordered before the load of `max` below, and pairs with the SeqCst swap of `max`
             // and re-read of `usage` in `set_max`.
-            let new = c
-                .usage
-                .fetch_add(delta, Ordering::SeqCst)
-                .wrapping_add(delta);
+            let new = c.usage.fetch_add(delta, Ordering::SeqCst).wrapping_add(delta);
             dekker_fence();
             let limit = if FORCE {
                 COUNTER_MAX
@@ -205,18 +191,11 @@ impl<'p> Counter<'p> {
     /// Returns the amount actually taken from this node.
     #[inline(always)]
     fn cancel(&self, n: usize) -> usize {
-        let delta = if n > isize::MAX as usize {
-            isize::MAX
-        } else {
-            n as isize
-        };
+        let delta = if n > isize::MAX as usize { isize::MAX } else { n as isize };
         // ORDERING: AcqRel RMW. Usage is not used to publish memory, but a full-strength RMW
         // costs the same on x86 and keeps every usage update in one obvious modification
         // order for readers of the code.
-        let new = self
-            .usage
-            .fetch_sub(delta, Ordering::AcqRel)
-            .wrapping_sub(delta);
+        let new = self.usage.fetch_sub(delta, Ordering::AcqRel).wrapping_sub(delta);
         if new >= 0 && delta as usize == n {
             self.after_decrease(new);
             return n;
@@ -240,12 +219,15 @@ impl<'p> Counter<'p> {
         self.track.underflows.fetch_add(1, Ordering::Relaxed);
         let excess = n - applied;
         // Saturating: a statistic of absurd requests must not wrap back to small values.
-        let _ = self
-            .track
-            .forgiven
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
-                Some(f.saturating_add(excess))
-            });
+        let mut f = self.track.forgiven.load(Ordering::Relaxed);
+        while let Err(now) = self.track.forgiven.compare_exchange_weak(
+            f,
+            f.saturating_add(excess),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            f = now;
+        }
         // ORDERING: Relaxed; protocol P re-reads and converges.
         let now = self.usage.load(Ordering::Relaxed);
         self.after_decrease(if now < 0 { 0 } else { now });

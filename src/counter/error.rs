@@ -44,10 +44,9 @@ impl fmt::Debug for ChargeError<'_, '_> {
                 .field("max", &at.max())
                 .field("usage", &at.usage())
                 .finish(),
-            ChargeError::TooLarge { requested } => f
-                .debug_struct("TooLarge")
-                .field("requested", requested)
-                .finish(),
+            ChargeError::TooLarge { requested } => {
+                f.debug_struct("TooLarge").field("requested", requested).finish()
+            }
         }
     }
 }
@@ -55,17 +54,11 @@ impl fmt::Debug for ChargeError<'_, '_> {
 impl fmt::Display for ChargeError<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ChargeError::Limit { at, level } => write!(
-                f,
-                "limit exceeded {level} level(s) up: max {}, usage {}",
-                at.max(),
-                at.usage()
-            ),
+            ChargeError::Limit { at, level } => {
+                write!(f, "limit exceeded {level} level(s) up: max {}, usage {}", at.max(), at.usage())
+            }
             ChargeError::TooLarge { requested } => {
-                write!(
-                    f,
-                    "amount {requested} is above the counter maximum {COUNTER_MAX}"
-                )
+                write!(f, "amount {requested} is above the counter maximum {COUNTER_MAX}")
             }
         }
     }
@@ -81,11 +74,7 @@ pub struct Overflow {
 
 impl fmt::Display for Overflow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "charging {} would overflow the counter maximum {COUNTER_MAX}",
-            self.requested
-        )
+        write!(f, "charging {} would overflow the counter maximum {COUNTER_MAX}", self.requested)
     }
 }
 
@@ -136,10 +125,7 @@ impl fmt::Display for LimitError {
                 write!(f, "usage {usage} is above the requested limit {limit}")
             }
             LimitError::TooLarge { value } => {
-                write!(
-                    f,
-                    "value {value} is above the counter maximum {COUNTER_MAX}"
-                )
+                write!(f, "value {value} is above the counter maximum {COUNTER_MAX}")
             }
         }
     }

@@ -101,9 +101,5 @@ impl Counter<'_> {
 
 #[inline]
 fn check_value(value: usize) -> Result<(), LimitError> {
-    if value > COUNTER_MAX {
-        Err(LimitError::TooLarge { value })
-    } else {
-        Ok(())
-    }
+    if value > COUNTER_MAX { Err(LimitError::TooLarge { value }) } else { Ok(()) }
 }

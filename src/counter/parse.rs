@@ -70,21 +70,16 @@ pub fn parse_amount(input: &str, unit_bytes: usize) -> Result<usize, ParseError>
         return Ok(COUNTER_MAX);
     }
     let bytes = s.as_bytes();
-    let (radix, start) = if bytes.len() > 2 && (s.starts_with("0x") || s.starts_with("0X")) {
-        (16u64, 2)
-    } else {
-        (10u64, 0)
-    };
+    let (radix, start) =
+        if bytes.len() > 2 && (s.starts_with("0x") || s.starts_with("0X")) { (16u64, 2) } else { (10u64, 0) };
     let mut value: u64 = 0;
     let mut i = start;
     while i < bytes.len() {
         let Some(d) = (bytes[i] as char).to_digit(radix as u32) else {
             break;
         };
-        value = value
-            .checked_mul(radix)
-            .and_then(|v| v.checked_add(u64::from(d)))
-            .ok_or(ParseError::TooLarge)?;
+        value =
+            value.checked_mul(radix).and_then(|v| v.checked_add(u64::from(d))).ok_or(ParseError::TooLarge)?;
         i += 1;
     }
     if i == start {

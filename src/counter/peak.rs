@@ -146,10 +146,7 @@ impl<'c, 'p> PeakWatcher<'c, 'p> {
         if !self.link.registered.load(Ordering::Relaxed) {
             return self.counter.peak();
         }
-        self.link
-            .value
-            .load(Ordering::Relaxed)
-            .max(self.counter.local_peak())
+        self.link.value.load(Ordering::Relaxed).max(self.counter.local_peak())
     }
 
     /// Restarts this watcher's window from the current usage. Other watchers keep the peak
@@ -207,8 +204,6 @@ impl Drop for PeakWatcher<'_, '_> {
 
 impl fmt::Debug for PeakWatcher<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PeakWatcher")
-            .field("peak", &self.read())
-            .finish_non_exhaustive()
+        f.debug_struct("PeakWatcher").field("peak", &self.read()).finish_non_exhaustive()
     }
 }

@@ -80,8 +80,7 @@ pub fn effective_protection(
         && usage > protected
     {
         let unclaimed = (parent_effective - siblings_protected) as u128;
-        let share =
-            unclaimed * (usage - protected) as u128 / (parent_usage - siblings_protected) as u128;
+        let share = unclaimed * (usage - protected) as u128 / (parent_usage - siblings_protected) as u128;
         ep = (ep as u128 + share).min(usize::MAX as u128) as usize;
     }
 
@@ -123,16 +122,8 @@ impl<'p> Counter<'p> {
             let low = self.conf.low.load(Ordering::SeqCst);
             let want_min = usage.min(min);
             let want_low = usage.min(low);
-            swap_and_push(
-                &self.track.min_usage,
-                want_min,
-                &parent.track.children_min_usage,
-            );
-            swap_and_push(
-                &self.track.low_usage,
-                want_low,
-                &parent.track.children_low_usage,
-            );
+            swap_and_push(&self.track.min_usage, want_min, &parent.track.children_min_usage);
+            swap_and_push(&self.track.low_usage, want_low, &parent.track.children_low_usage);
             let now = clamp_nonneg(self.usage.load(Ordering::SeqCst));
             if now.min(self.conf.min.load(Ordering::SeqCst)) == want_min
                 && now.min(self.conf.low.load(Ordering::SeqCst)) == want_low
@@ -245,11 +236,7 @@ impl<'p> Counter<'p> {
     /// where the stateful walk would install the declared values). Cost: O(depth²) loads, no
     /// allocation.
     #[must_use]
-    pub fn effective_protection_under(
-        &self,
-        root: &Counter<'_>,
-        recursive: bool,
-    ) -> Option<(usize, usize)> {
+    pub fn effective_protection_under(&self, root: &Counter<'_>, recursive: bool) -> Option<(usize, usize)> {
         // Distance from `self` up to `root`.
         let dist = self.ancestors_and_self().position(|c| same(c, root))?;
         if dist == 0 {
@@ -291,8 +278,5 @@ fn swap_and_push(x_usage: &AtomicUsize, want: usize, parent_sum: &AtomicIsize) {
 
 #[inline]
 fn same(a: &Counter<'_>, b: &Counter<'_>) -> bool {
-    core::ptr::eq(
-        a as *const Counter<'_> as *const u8,
-        b as *const Counter<'_> as *const u8,
-    )
+    core::ptr::eq(a as *const Counter<'_> as *const u8, b as *const Counter<'_> as *const u8)
 }

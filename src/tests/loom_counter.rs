@@ -24,10 +24,7 @@ fn try_charge_vs_set_max() {
         let charged = forest.get(child).try_charge(3).is_ok();
         let installed = setter.join().unwrap();
 
-        assert!(
-            !(installed && charged),
-            "a charge succeeded above a limit that was installed"
-        );
+        assert!(!(installed && charged), "a charge succeeded above a limit that was installed");
         let usage = forest.get(root).usage();
         assert_eq!(usage, if charged { 8 } else { 5 });
         assert_eq!(forest.get(child).usage(), usage);

@@ -3,6 +3,8 @@
 
 #[cfg(loom)]
 mod loom_counter;
+#[cfg(all(loom, crossbeam_loom, feature = "alloc"))]
+mod loom_group;
 #[cfg(not(loom))]
 mod properties;
 
@@ -37,8 +39,7 @@ impl Forest {
             // reference stored in the child never dangles while the child exists.
             unsafe { &*self.nodes[i] }
         });
-        self.nodes
-            .push(Box::into_raw(Box::new(Counter::new(parent))));
+        self.nodes.push(Box::into_raw(Box::new(Counter::new(parent))));
         self.nodes.len() - 1
     }
 
@@ -47,6 +48,7 @@ impl Forest {
         unsafe { &*self.nodes[i] }
     }
 
+    #[cfg_attr(loom, allow(dead_code))] // the loom models index nodes they created
     pub(crate) fn len(&self) -> usize {
         self.nodes.len()
     }

@@ -81,18 +81,8 @@ fn check_equal(forest: &Forest, model: &Model) -> Result<(), TestCaseError> {
         prop_assert_eq!(c.forgiven(), m.forgiven, "forgiven of {}", i);
         prop_assert_eq!(c.min_usage(), model.min_usage(i), "min_usage of {}", i);
         prop_assert_eq!(c.low_usage(), model.low_usage(i), "low_usage of {}", i);
-        prop_assert_eq!(
-            c.children_min_usage(),
-            model.children_min_usage(i),
-            "children_min of {}",
-            i
-        );
-        prop_assert_eq!(
-            c.children_low_usage(),
-            model.children_low_usage(i),
-            "children_low of {}",
-            i
-        );
+        prop_assert_eq!(c.children_min_usage(), model.children_min_usage(i), "children_min of {}", i);
+        prop_assert_eq!(c.children_low_usage(), model.children_low_usage(i), "children_low of {}", i);
         for recursive in [false, true] {
             prop_assert_eq!(
                 c.effective_protection_under(forest.get(0), recursive),
@@ -114,12 +104,7 @@ fn check_equal(forest: &Forest, model: &Model) -> Result<(), TestCaseError> {
             let c = forest.get(i);
             if c.ancestors_and_self().all(|a| a.usage() > 0) {
                 let want = model.effective(i, 0, recursive).unwrap();
-                prop_assert_eq!(
-                    (c.effective_min(), c.effective_low()),
-                    want,
-                    "stateful walk at {}",
-                    i
-                );
+                prop_assert_eq!((c.effective_min(), c.effective_low()), want, "stateful walk at {}", i);
             }
         }
     }
@@ -136,39 +121,19 @@ fn apply(forest: &Forest, model: &mut Model, op: &Op) -> Result<(), TestCaseErro
                 (Err(ChargeError::TooLarge { requested }), Err(ModelChargeError::TooLarge)) => {
                     prop_assert_eq!(requested, n)
                 }
-                (
-                    Err(ChargeError::Limit { at, level }),
-                    Err(ModelChargeError::Limit { level: l }),
-                ) => {
+                (Err(ChargeError::Limit { at, level }), Err(ModelChargeError::Limit { level: l })) => {
                     prop_assert_eq!(level, l);
                     let expected: &Counter<'_> = forest.get(i).ancestors_and_self().nth(l).unwrap();
                     prop_assert!(core::ptr::eq(at, expected));
                 }
-                (r, w) => prop_assert!(
-                    false,
-                    "try_charge({}, {}): real {:?}, model {:?}",
-                    i,
-                    n,
-                    r,
-                    w
-                ),
+                (r, w) => prop_assert!(false, "try_charge({}, {}): real {:?}, model {:?}", i, n, r, w),
             }
         }
         Op::Charge(i, n) => {
-            prop_assert_eq!(
-                forest.get(i).charge(n).is_ok(),
-                model.charge(i, n),
-                "charge({}, {})",
-                i,
-                n
-            )
+            prop_assert_eq!(forest.get(i).charge(n).is_ok(), model.charge(i, n), "charge({}, {})", i, n)
         }
         Op::Uncharge(i, n) => {
-            let real = forest
-                .get(i)
-                .try_uncharge(n)
-                .err()
-                .map_or(0, |u| u.forgiven);
+            let real = forest.get(i).try_uncharge(n).err().map_or(0, |u| u.forgiven);
             prop_assert_eq!(real, model.uncharge(i, n), "uncharge({}, {})", i, n);
         }
         Op::SetMax(i, v) => prop_assert_eq!(forest.get(i).set_max(v), model.set_max(i, v)),

@@ -1,0 +1,57 @@
+//! Group handle clone+drop (a reference get+put) next to `Arc` clone+drop, from one thread
+//! and from two threads on the same object. Baselines are measured in the same run.
+//!
+//! Targets (issue "Groups"): one thread at most `Arc`'s cost; two threads on one group at
+//! least 5x faster than two threads on one shared `Arc`.
+//!
+//! Two-thread cases use a barrier and time only the loop (sharded-slab's
+//! `MultithreadedBench` shape): each thread reports its own elapsed time and the slowest is
+//! taken, so the figure is "time per pair on each thread while the other does the same".
+
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use chargetree::group::{GroupSpec, Tree};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+/// Runs `op` `iters` times on each of `threads` threads at once; returns the slowest
+/// thread's time.
+fn on_threads<T: Sync>(threads: usize, iters: u64, shared: &T, op: impl Fn(&T) + Sync) -> Duration {
+    let start = Barrier::new(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        op(shared);
+                    }
+                    t.elapsed()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).max().unwrap()
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let tree = Tree::new();
+    let group = tree.root().create_child(GroupSpec::new().name("bench")).unwrap();
+    let arc = Arc::new(0u64);
+
+    let mut g = c.benchmark_group("handle clone+drop");
+    g.bench_function("Arc, 1 thread", |b| b.iter(|| drop(black_box(Arc::clone(black_box(&arc))))));
+    g.bench_function("Group, 1 thread", |b| b.iter(|| drop(black_box(black_box(&group).clone()))));
+    g.bench_function("Arc, 2 threads, one Arc", |b| {
+        b.iter_custom(|iters| on_threads(2, iters, &arc, |a| drop(black_box(Arc::clone(black_box(a))))))
+    });
+    g.bench_function("Group, 2 threads, one group", |b| {
+        b.iter_custom(|iters| on_threads(2, iters, &group, |gr| drop(black_box(black_box(gr).clone()))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

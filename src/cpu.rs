@@ -1,0 +1,261 @@
+//! "This CPU's slot" without a kernel: who is running, as an index into per-CPU arrays.
+//!
+//! The kernel's per-CPU data relies on preemption being disabled while a CPU's slot is used.
+//! A library cannot disable preemption, so the notion is abstracted as a [`CpuProvider`]:
+//!
+//! | provider | where | what a "CPU" is | exclusive? |
+//! |----------|-------|-----------------|------------|
+//! | [`ThreadCpus`] (`std`) | ordinary processes | a live thread (indices are reused after a thread exits) | yes: one thread per index, so migration and preemption cannot make two contexts share one |
+//! | your own `unsafe impl` | bare metal, hypervisors | a physical CPU or pinned vCPU thread | yes, by the embedder's contract (interrupts off, pinning) |
+//! | [`TestCpus`] | tests, loom | whatever index the test sets with [`TestCpus::run_on`] | by the test's discipline |
+//! | [`NoCpus`] | the safe `no_std` default | none: per-CPU caches are bypassed | trivially |
+//!
+//! Per-CPU data indexed by a provider is used two ways: as a *hint* (spreading a group's
+//! reference count over shards, where any index is correct and a good one only avoids cache
+//! line bouncing) and as an *owner* (a per-CPU charge stock, where the index must not be used
+//! by two contexts at once). The safety contract below is written for the stronger use.
+
+#[cfg(all(feature = "std", not(loom)))]
+pub use thread::{MAX_THREADS, ThreadCpus};
+
+/// Tells chargetree which CPU-like execution context the caller runs on.
+///
+/// # Safety
+///
+/// Implementations must guarantee all of:
+///
+/// 1. [`count`](CpuProvider::count) returns the same value for the provider's whole life.
+/// 2. [`current`](CpuProvider::current) returns `None` or `Some(i)` with `i < count()`.
+/// 3. **Exclusivity**: if `current()` returns `Some(i)` in an execution context, then until
+///    that context returns from the chargetree call that asked, no other context obtains `i`
+///    *except* one nested inside it on the same CPU (an interrupt or signal handler that runs
+///    to completion before the interrupted code resumes). chargetree detects such nesting and
+///    falls back to its slow paths, so nested use is safe; concurrent use from two CPUs or
+///    two threads is not.
+///
+/// A bare-metal embedder satisfies 3 by calling into chargetree with the CPU pinned (no
+/// migration) and with interrupts that charge disabled or nested as above; a hypervisor by
+/// pinning each vCPU thread to its index.
+///
+/// # Example
+///
+/// ```
+/// use chargetree::cpu::CpuProvider;
+///
+/// /// A single-core microcontroller whose interrupt handlers never run chargetree code.
+/// struct OneCore;
+///
+/// // SAFETY: one CPU, so there is nobody to share index 0 with; interrupts do not charge.
+/// unsafe impl CpuProvider for OneCore {
+///     fn count(&self) -> usize { 1 }
+///     fn current(&self) -> Option<usize> { Some(0) }
+/// }
+/// assert_eq!(OneCore.current(), Some(0));
+/// ```
+pub unsafe trait CpuProvider: Send + Sync + 'static {
+    /// The number of CPU slots; constant.
+    fn count(&self) -> usize;
+    /// The caller's slot, or `None` to bypass per-CPU caches for this call.
+    fn current(&self) -> Option<usize>;
+}
+
+/// The provider used when none is named: [`ThreadCpus`] with `std`, [`NoCpus`] without.
+#[cfg(all(feature = "std", not(loom)))]
+pub type DefaultCpus = ThreadCpus;
+/// The provider used when none is named: [`ThreadCpus`] with `std`, [`NoCpus`] without.
+#[cfg(not(all(feature = "std", not(loom))))]
+pub type DefaultCpus = NoCpus;
+
+/// No CPU slots: every per-CPU cache is bypassed and reference counts use one shard. Always
+/// correct; the safe default without `std`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoCpus;
+
+// SAFETY: `current` always returns `None`, so no index is ever handed out.
+unsafe impl CpuProvider for NoCpus {
+    #[inline]
+    fn count(&self) -> usize {
+        0
+    }
+    #[inline]
+    fn current(&self) -> Option<usize> {
+        None
+    }
+}
+
+#[cfg(all(feature = "std", not(loom)))]
+mod thread {
+    use core::cell::Cell;
+
+    use super::CpuProvider;
+    use crate::sync::atomic::{AtomicU64, Ordering};
+
+    /// How many threads can hold an index at once, process-wide. Threads beyond it get
+    /// `None` (they bypass per-CPU caches) until an index is freed by a thread exiting.
+    pub const MAX_THREADS: usize = 4096;
+    const WORDS: usize = MAX_THREADS / 64;
+    const UNASSIGNED: usize = usize::MAX;
+
+    /// Occupancy bitmap of thread indices. Lock-free and allocation-free, so taking an index
+    /// from inside a global allocator is safe. This is the only process-wide state in the
+    /// crate: like `std::thread::ThreadId`, thread identity is a property of the process.
+    static TAKEN: [AtomicU64; WORDS] = [const { AtomicU64::new(0) }; WORDS];
+
+    struct Index(Cell<usize>);
+
+    impl Drop for Index {
+        fn drop(&mut self) {
+            let i = self.0.get();
+            if i != UNASSIGNED {
+                // ORDERING: Release pairs with the Acquire CAS in `take_index`, so the next
+                // thread to get this index sees everything this thread did under it (the
+                // per-CPU structures it owned are handed over with the index).
+                TAKEN[i / 64].fetch_and(!(1 << (i % 64)), Ordering::Release);
+            }
+        }
+    }
+
+    std::thread_local! {
+        static INDEX: Index = const { Index(Cell::new(UNASSIGNED)) };
+    }
+
+    fn take_index() -> usize {
+        for (w, word) in TAKEN.iter().enumerate() {
+            // ORDERING: Relaxed pre-check; the CAS below decides.
+            let mut bits = word.load(Ordering::Relaxed);
+            while bits != u64::MAX {
+                let bit = (!bits).trailing_zeros() as usize;
+                // ORDERING: Acquire pairs with the Release in `Index::drop` of the thread that
+                // gave this index back.
+                match word.compare_exchange_weak(
+                    bits,
+                    bits | (1 << bit),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return w * 64 + bit,
+                    Err(now) => bits = now,
+                }
+            }
+        }
+        UNASSIGNED
+    }
+
+    /// Each live thread is its own "CPU": the thread's index is taken from a process-wide
+    /// lock-free bitmap on first use and given back when the thread exits.
+    ///
+    /// Exclusive by construction (two live threads never share an index), so it is correct
+    /// whatever the OS does with migration and preemption. The cost of `current()` is one
+    /// thread-local read.
+    ///
+    /// The first call on a thread registers a thread-local destructor, which the C library
+    /// may implement with an allocation (glibc's `__cxa_thread_atexit_impl` does). Code that
+    /// runs inside a global allocator should call [`ThreadCpus::register_current_thread`]
+    /// once per thread beforehand, or tolerate that one re-entrant allocation.
+    #[derive(Clone, Copy, Debug)]
+    pub struct ThreadCpus {
+        count: usize,
+    }
+
+    impl ThreadCpus {
+        /// A provider with `count` slots: threads whose index is `>= count` bypass per-CPU
+        /// caches. `count` is clamped to [`MAX_THREADS`].
+        #[must_use]
+        pub const fn new(count: usize) -> Self {
+            Self { count: if count > MAX_THREADS { MAX_THREADS } else { count } }
+        }
+
+        /// Takes this thread's index now, outside any allocator, if it has none yet.
+        pub fn register_current_thread() -> Option<usize> {
+            Self::new(MAX_THREADS).current()
+        }
+    }
+
+    impl Default for ThreadCpus {
+        /// 256 slots: enough for the threads of most processes; per-CPU arrays of a tree
+        /// are sized by it.
+        fn default() -> Self {
+            Self::new(256)
+        }
+    }
+
+    // SAFETY: (1) `count` is fixed at construction. (2) indices `>= count` are mapped to
+    // `None`. (3) an index is owned by exactly one live thread (bitmap CAS), and a thread's
+    // own nested contexts (signal handlers) are the only others that can observe it.
+    unsafe impl CpuProvider for ThreadCpus {
+        #[inline]
+        fn count(&self) -> usize {
+            self.count
+        }
+
+        #[inline]
+        fn current(&self) -> Option<usize> {
+            let i = INDEX
+                .try_with(|idx| {
+                    let mut i = idx.0.get();
+                    if i == UNASSIGNED {
+                        i = take_index();
+                        idx.0.set(i);
+                    }
+                    i
+                })
+                .unwrap_or(UNASSIGNED);
+            if i < self.count { Some(i) } else { None }
+        }
+    }
+}
+
+/// Deterministic CPUs for tests: each thread (or loom thread) runs "on" whatever CPU the test
+/// sets with [`TestCpus::run_on`]; outside it, on none.
+///
+/// The exclusivity of the [`CpuProvider`] contract is the test's responsibility: two threads
+/// must not `run_on` the same CPU at the same time (a loom model may do so deliberately to
+/// show what the stock's re-entrancy detection does).
+#[cfg(any(feature = "std", loom))]
+#[derive(Clone, Copy, Debug)]
+pub struct TestCpus {
+    count: usize,
+}
+
+#[cfg(any(feature = "std", loom))]
+crate::sync::thread_local! {
+    // Not `const { .. }`: loom's `thread_local!` does not accept it.
+    #[allow(clippy::missing_const_for_thread_local)]
+    static TEST_CPU: core::cell::Cell<Option<usize>> = core::cell::Cell::new(None);
+}
+
+#[cfg(any(feature = "std", loom))]
+impl TestCpus {
+    /// A provider with `count` CPUs.
+    #[must_use]
+    pub const fn new(count: usize) -> Self {
+        Self { count }
+    }
+
+    /// Runs `f` with this thread impersonating `cpu` (nesting restores the outer CPU).
+    pub fn run_on<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
+        struct Restore(Option<usize>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let prev = self.0;
+                TEST_CPU.with(|c| c.set(prev));
+            }
+        }
+        let _restore = Restore(TEST_CPU.with(|c| c.replace(Some(cpu))));
+        f()
+    }
+}
+
+// SAFETY: (1) `count` is fixed. (2) out-of-range impersonations map to `None`. (3) is the
+// documented obligation of the tests that use it.
+#[cfg(any(feature = "std", loom))]
+unsafe impl CpuProvider for TestCpus {
+    #[inline]
+    fn count(&self) -> usize {
+        self.count
+    }
+    #[inline]
+    fn current(&self) -> Option<usize> {
+        TEST_CPU.with(|c| c.get()).filter(|&i| i < self.count)
+    }
+}

@@ -1,0 +1,558 @@
+//! Groups: pointer-refcounted handles to the nodes of a [`Tree`], their lifecycle, owner
+//! cells and events (Linux's css references and memcg lifetime, `memcg-semantics.md`
+//! §5–§7).
+//!
+//! # References follow pointers
+//!
+//! A [`Group`] is a handle: cloning it takes a reference (`css_get`), dropping it puts one
+//! (`css_put`). Every *stored* pointer that can outlive its context owns exactly one
+//! reference: a handle, a child's pointer to its parent, an [`OwnerCell`], a stock slot.
+//! Charges own none: counters move numbers, references keep memory alive.
+//!
+//! Readers that only *borrow* a pointer (loaded from an owner cell, a remote stock slot)
+//! do so under an epoch [`Guard`](crate::epoch::Guard) and get a [`GroupRef`], which can be
+//! dereferenced while the guard lives and turned into a handle only with
+//! [`GroupRef::tryget`] (fails once the count reached zero) or
+//! [`GroupRef::tryget_online`] (fails once the group is offline), in a loop that re-reads
+//! the source ([`OwnerCell::get`] does this).
+//!
+//! # Lifecycle
+//!
+//! online → offline ([`Group::offline`]: no new children, no `tryget_online`, `min`/`low`
+//! zeroed, base reference dropped) → released (last reference gone; queued without
+//! allocating) → freed (after an epoch grace period). See the state table in the `node`
+//! module's source docs for who holds the node in each state.
+//!
+//! # Reference counting that scales
+//!
+//! Each group's count is Linux's `percpu_ref` idea without RCU: while the group is online,
+//! `get`/`put` add to one of several cache-line-padded shards chosen by the current CPU, so
+//! handles cloned and dropped on different CPUs do not bounce a shared line; offlining
+//! harvests the shards into one word (a `fetch_or` per shard marks it dead in the same RMW
+//! that reads it), after which zero can be detected. The protocol table is in the
+//! `refcount` module's source docs; its loom model is `src/tests/loom_group.rs`.
+//! Measured in `benches/group.rs`.
+//!
+//! # Allocator safety
+//!
+//! Clone, drop (including the last drop), `tryget` and counter operations never allocate,
+//! never take a lock, and never run deferred destructors: a released group is pushed onto a
+//! lock-free intrusive list and freed later by a non-allocator operation (creation, offline,
+//! [`Tree::reclaim`], [`Tree::pin`], dropping the tree). `tests/alloc_safety.rs` proves it
+//! under a global allocator that fails on re-entry.
+
+mod events;
+mod node;
+mod owner;
+pub(crate) mod refcount;
+mod tree;
+
+pub use events::{Event, EventCounts};
+pub use owner::{MoveError, OwnerCell};
+pub use tree::{Observer, Tree, TreeConfig, TreeStats};
+
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+use crate::counter::{COUNTER_MAX, Counter, LimitError};
+use crate::cpu::{CpuProvider, DefaultCpus};
+use crate::epoch::Guard;
+use crate::sync::atomic::Ordering;
+use node::Node;
+
+/// A group's identifier, unique within its tree (never reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub usize);
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Limits, protection and name of a new group.
+#[derive(Clone, Debug)]
+pub struct GroupSpec<'a> {
+    pub(crate) name: Option<&'a str>,
+    pub(crate) max: usize,
+    pub(crate) high: usize,
+    pub(crate) min: usize,
+    pub(crate) low: usize,
+    pub(crate) protection: bool,
+    pub(crate) failcnt: bool,
+}
+
+impl Default for GroupSpec<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'a> GroupSpec<'a> {
+    /// No name, no limits, no protection; protection tracking and fail counting on.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            name: None,
+            max: COUNTER_MAX,
+            high: COUNTER_MAX,
+            min: 0,
+            low: 0,
+            protection: true,
+            failcnt: true,
+        }
+    }
+    /// A name, for display.
+    #[must_use]
+    pub const fn name(mut self, name: &'a str) -> Self {
+        self.name = Some(name);
+        self
+    }
+    /// The hard limit.
+    #[must_use]
+    pub const fn max(mut self, max: usize) -> Self {
+        self.max = max;
+        self
+    }
+    /// The throttling threshold.
+    #[must_use]
+    pub const fn high(mut self, high: usize) -> Self {
+        self.high = high;
+        self
+    }
+    /// Hard protection.
+    #[must_use]
+    pub const fn min(mut self, min: usize) -> Self {
+        self.min = min;
+        self
+    }
+    /// Soft protection.
+    #[must_use]
+    pub const fn low(mut self, low: usize) -> Self {
+        self.low = low;
+        self
+    }
+    /// Whether the counter keeps protected-usage sums (default on).
+    #[must_use]
+    pub const fn track_protection(mut self, on: bool) -> Self {
+        self.protection = on;
+        self
+    }
+    /// Whether the counter counts failed charges (default on).
+    #[must_use]
+    pub const fn track_failcnt(mut self, on: bool) -> Self {
+        self.failcnt = on;
+        self
+    }
+
+    /// Checks that every value is representable.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        for value in [self.max, self.high, self.min, self.low] {
+            if value > COUNTER_MAX {
+                return Err(LimitError::TooLarge { value });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a group operation was refused. Nothing changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupError {
+    /// The parent is offline: it takes no new children.
+    ParentOffline,
+    /// The group is already offline.
+    Offline,
+    /// The group still has online children; offline them first.
+    HasOnlineChildren {
+        /// How many.
+        online_children: usize,
+    },
+    /// The root goes offline only when its tree is dropped.
+    Root,
+    /// A limit in the spec is not representable.
+    Limit(LimitError),
+    /// The tree is being dropped: it takes no new groups.
+    TreeClosed,
+}
+
+impl fmt::Display for GroupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GroupError::ParentOffline => f.write_str("the parent group is offline"),
+            GroupError::Offline => f.write_str("the group is already offline"),
+            GroupError::HasOnlineChildren { online_children } => {
+                write!(f, "the group has {online_children} online children")
+            }
+            GroupError::Root => f.write_str("the root group cannot be taken offline"),
+            GroupError::Limit(e) => write!(f, "invalid limit: {e}"),
+            GroupError::TreeClosed => f.write_str("the tree is being dropped"),
+        }
+    }
+}
+
+impl core::error::Error for GroupError {}
+
+/// A handle to a group: one reference. Clone is `css_get`, drop is `css_put`.
+///
+/// `Send + Sync`; cheap to clone (one atomic add on a per-CPU shard while the group is
+/// online).
+pub struct Group<P: CpuProvider = DefaultCpus> {
+    node: NonNull<Node<P>>,
+    _owns: PhantomData<Node<P>>,
+}
+
+// SAFETY: the node's shared state is atomics, or guarded by the tree's topology flag; the
+// handle only owns a reference, which any thread may drop.
+unsafe impl<P: CpuProvider> Send for Group<P> {}
+// SAFETY: see `Send`; `&Group` only allows shared-state operations.
+unsafe impl<P: CpuProvider> Sync for Group<P> {}
+
+impl<P: CpuProvider> Group<P> {
+    /// Wraps a node whose reference the caller gives to the handle.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns one reference on `node` and transfers it.
+    #[inline]
+    pub(crate) unsafe fn from_node(node: NonNull<Node<P>>) -> Self {
+        Self { node, _owns: PhantomData }
+    }
+
+    /// Gives up the handle without dropping its reference.
+    #[inline]
+    pub(crate) fn into_node(self) -> NonNull<Node<P>> {
+        let node = self.node;
+        core::mem::forget(self);
+        node
+    }
+
+    #[inline]
+    pub(crate) fn node(&self) -> &Node<P> {
+        // SAFETY: the handle owns a reference, so the node is alive.
+        unsafe { self.node.as_ref() }
+    }
+
+    #[inline]
+    pub(crate) fn node_ptr(&self) -> NonNull<Node<P>> {
+        self.node
+    }
+
+    /// The group's counter: charge, uncharge, limits, protection, peaks.
+    #[inline]
+    #[must_use]
+    pub fn counter(&self) -> &Counter<'static> {
+        &self.node().counter
+    }
+
+    /// The group's id.
+    #[must_use]
+    pub fn id(&self) -> GroupId {
+        self.node().id
+    }
+
+    /// The group's name, if it was given one.
+    #[must_use]
+    pub fn name(&self) -> Option<&str> {
+        self.node().name.as_deref()
+    }
+
+    /// Whether the group is online.
+    #[must_use]
+    pub fn is_online(&self) -> bool {
+        self.node().is_online()
+    }
+
+    /// Whether this is the root of its tree.
+    #[must_use]
+    pub fn is_root(&self) -> bool {
+        self.node().parent.is_none()
+    }
+
+    /// The parent group.
+    #[must_use]
+    pub fn parent(&self) -> Option<Group<P>> {
+        let parent = self.node().parent?;
+        // SAFETY: this node owns a reference on its parent, so the parent's count is
+        // non-zero and a plain get is legal (css_get rule).
+        unsafe { parent.as_ref() }.refs.get(self.node().hint());
+        // SAFETY: the reference just taken is the handle's.
+        Some(unsafe { Group::from_node(parent) })
+    }
+
+    /// Whether both handles refer to the same group.
+    #[must_use]
+    pub fn ptr_eq(&self, other: &Group<P>) -> bool {
+        self.node == other.node
+    }
+
+    /// Whether `ancestor` is this group or one of its ancestors.
+    #[must_use]
+    pub fn is_descendant_of(&self, ancestor: &Group<P>) -> bool {
+        let mut n = Some(self.node());
+        while let Some(x) = n {
+            if core::ptr::eq(x, ancestor.node()) {
+                return true;
+            }
+            n = x.parent();
+        }
+        false
+    }
+
+    /// The number of references (a racy statistic while the group is online).
+    #[must_use]
+    pub fn ref_count(&self) -> usize {
+        self.node().refs.count()
+    }
+
+    /// Creates an online child with `spec`'s limits. Refused if this group is offline.
+    pub fn create_child(&self, spec: GroupSpec<'_>) -> Result<Group<P>, GroupError> {
+        let tree = self.node().tree();
+        let id = tree.next_id();
+        // Two references: the base (online membership) and the returned handle.
+        // SAFETY: the tree outlives the node; the child is given a reference on this group
+        // below (before it can be reached), which `Node::free` drops.
+        let child = unsafe { Node::alloc(self.node().tree, Some(self.node), id, &spec, 2, tree.shards) }?;
+        {
+            let _topology = tree.topology.lock();
+            // ORDERING: Relaxed; `closing` is written under the topology flag we hold.
+            let refused = if tree.closing.load(Ordering::Relaxed) {
+                Some(GroupError::TreeClosed)
+            } else if !self.node().is_online() {
+                Some(GroupError::ParentOffline)
+            } else {
+                None
+            };
+            if let Some(e) = refused {
+                drop(_topology);
+                // SAFETY: never linked or shared; allocated by `Node::alloc`.
+                drop(unsafe { alloc::boxed::Box::from_raw(child.as_ptr()) });
+                return Err(e);
+            }
+            // The child's reference on its parent. We hold one, so get is legal.
+            self.node().refs.get(self.node().hint());
+            // SAFETY: topology flag held; the child is new and unlinked.
+            unsafe { Node::link(child) };
+        }
+        tree.note_created();
+        // SAFETY: one of the two initial references is the handle's.
+        Ok(unsafe { Group::from_node(child) })
+    }
+
+    /// Takes the group offline (see the module docs). Refused for the root, for a group
+    /// already offline, and for a group with online children.
+    pub fn offline(&self) -> Result<(), GroupError> {
+        Node::offline(self.node)?;
+        self.node().tree().reclaim_pumped();
+        Ok(())
+    }
+
+    /// Raises `event` on this group (local count) and its ancestors (hierarchical count).
+    pub fn raise_event(&self, event: Event) {
+        self.node().raise(event);
+    }
+
+    /// Events raised on this group itself (`memory.events.local`).
+    #[must_use]
+    pub fn events_local(&self) -> EventCounts {
+        self.node().events.local()
+    }
+
+    /// Events raised on this group or its descendants (`memory.events`).
+    #[must_use]
+    pub fn events(&self) -> EventCounts {
+        self.node().events.hierarchical()
+    }
+
+    /// The first child (in creation order, newest first) whose `tryget` succeeds.
+    #[must_use]
+    pub fn first_child(&self) -> Option<Group<P>> {
+        let tree = self.node().tree();
+        let _topology = tree.topology.lock();
+        // SAFETY: topology flag held.
+        let mut p = self.node().topo.with(|t| unsafe { (*t).first_child });
+        self.first_tryget_from(&mut p)
+    }
+
+    /// The next sibling whose `tryget` succeeds.
+    #[must_use]
+    pub fn next_sibling(&self) -> Option<Group<P>> {
+        let tree = self.node().tree();
+        let _topology = tree.topology.lock();
+        // SAFETY: topology flag held; this node is alive (we hold it) hence linked.
+        let mut p = self.node().topo.with(|t| unsafe { (*t).next });
+        self.first_tryget_from(&mut p)
+    }
+
+    /// Walks siblings from `*p` until a tryget succeeds. Topology flag must be held.
+    fn first_tryget_from(&self, p: &mut *mut Node<P>) -> Option<Group<P>> {
+        let hint = self.node().hint();
+        while let Some(n) = NonNull::new(*p) {
+            // SAFETY: linked nodes are alive until freed, and freeing unlinks under the
+            // topology flag, which the caller holds.
+            let node = unsafe { n.as_ref() };
+            if node.refs.tryget(hint) {
+                // SAFETY: the reference just taken is the handle's.
+                return Some(unsafe { Group::from_node(n) });
+            }
+            // SAFETY: topology flag held.
+            *p = node.topo.with(|t| unsafe { (*t).next });
+        }
+        None
+    }
+
+    /// The children, each as a handle (allocates a `Vec`).
+    #[must_use]
+    pub fn children(&self) -> alloc::vec::Vec<Group<P>> {
+        let mut out = alloc::vec::Vec::new();
+        let mut c = self.first_child();
+        while let Some(g) = c {
+            c = g.next_sibling();
+            out.push(g);
+        }
+        out
+    }
+
+    /// The pre-order successor of this group within the subtree of `root` (Linux's
+    /// `css_next_descendant_pre`), or `None` at the end. Allocation-free: a subtree walk
+    /// holds one handle at a time.
+    #[must_use]
+    pub fn next_pre(&self, root: &Group<P>) -> Option<Group<P>> {
+        if let Some(c) = self.first_child() {
+            return Some(c);
+        }
+        let mut pos = self.clone();
+        loop {
+            if pos.ptr_eq(root) {
+                return None;
+            }
+            if let Some(s) = pos.next_sibling() {
+                return Some(s);
+            }
+            pos = pos.parent()?;
+        }
+    }
+}
+
+impl<P: CpuProvider> Clone for Group<P> {
+    #[inline]
+    fn clone(&self) -> Self {
+        self.node().refs.get(self.node().hint());
+        // SAFETY: the reference just taken is the new handle's.
+        unsafe { Group::from_node(self.node) }
+    }
+}
+
+impl<P: CpuProvider> Drop for Group<P> {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the handle owns one reference and gives it up.
+        unsafe { Node::put(self.node) };
+    }
+}
+
+impl<P: CpuProvider> PartialEq for Group<P> {
+    fn eq(&self, other: &Self) -> bool {
+        self.ptr_eq(other)
+    }
+}
+impl<P: CpuProvider> Eq for Group<P> {}
+
+impl<P: CpuProvider> fmt::Debug for Group<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group")
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .field("online", &self.is_online())
+            .field("counter", self.counter())
+            .finish()
+    }
+}
+
+/// A group pointer borrowed under an epoch guard: dereferenceable while the guard lives,
+/// but owning nothing. Turn it into a [`Group`] with [`tryget`](GroupRef::tryget) or
+/// [`tryget_online`](GroupRef::tryget_online).
+pub struct GroupRef<'g, P: CpuProvider = DefaultCpus> {
+    node: NonNull<Node<P>>,
+    _guard: PhantomData<&'g Node<P>>,
+}
+
+impl<P: CpuProvider> Clone for GroupRef<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<P: CpuProvider> Copy for GroupRef<'_, P> {}
+
+impl<'g, P: CpuProvider> GroupRef<'g, P> {
+    /// # Safety
+    ///
+    /// `node` was loaded from a place that owned a reference on it, under `guard`, so its
+    /// memory stays valid for `'g` (it can only be freed after the guard is dropped).
+    #[inline]
+    pub(crate) unsafe fn new(node: NonNull<Node<P>>, _guard: &'g Guard<'_>) -> Self {
+        Self { node, _guard: PhantomData }
+    }
+
+    #[inline]
+    fn node(&self) -> &'g Node<P> {
+        // SAFETY: valid for 'g by construction (see `new`).
+        unsafe { &*self.node.as_ptr() }
+    }
+
+    /// The group's counter (readable even if the group was released meanwhile).
+    #[must_use]
+    pub fn counter(&self) -> &'g Counter<'static> {
+        &self.node().counter
+    }
+
+    /// The group's id.
+    #[must_use]
+    pub fn id(&self) -> GroupId {
+        self.node().id
+    }
+
+    /// Whether the group is online.
+    #[must_use]
+    pub fn is_online(&self) -> bool {
+        self.node().is_online()
+    }
+
+    /// A handle, unless the group's count already reached zero (`css_tryget`).
+    #[must_use]
+    pub fn tryget(&self) -> Option<Group<P>> {
+        let node = self.node();
+        if node.refs.tryget(node.hint()) {
+            // SAFETY: the reference just taken is the handle's.
+            Some(unsafe { Group::from_node(self.node) })
+        } else {
+            None
+        }
+    }
+
+    /// A handle, unless the group is offline (`css_tryget_online`): for lookups whose
+    /// result will be charged in the future.
+    #[must_use]
+    pub fn tryget_online(&self) -> Option<Group<P>> {
+        let node = self.node();
+        if node.refs.tryget_live(node.hint()) {
+            // SAFETY: the reference just taken is the handle's.
+            Some(unsafe { Group::from_node(self.node) })
+        } else {
+            None
+        }
+    }
+
+    /// Whether this is the same group as `group`.
+    #[must_use]
+    pub fn is(&self, group: &Group<P>) -> bool {
+        self.node == group.node
+    }
+}
+
+impl<P: CpuProvider> fmt::Debug for GroupRef<'_, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupRef").field("id", &self.id()).field("online", &self.is_online()).finish()
+    }
+}

@@ -1,0 +1,326 @@
+//! The heap node behind a [`Group`](super::Group) handle, its topology links and its
+//! lifecycle transitions (create, offline, release, free).
+//!
+//! # Lifecycle
+//!
+//! | state | entered by | what holds the node | what is refused |
+//! |-------|-----------|---------------------|-----------------|
+//! | online | creation | the base reference (the group's membership in the tree), handles, children, stored pointers | nothing |
+//! | offline | [`Group::offline`](super::Group::offline) | handles, children, stored pointers | new children, `tryget_online`, a second offline |
+//! | released | the last `put` | nothing: the node is queued on the tree's released list | every `tryget` |
+//! | freed | [`free`](Node::free) after an epoch grace period | — | — |
+//!
+//! Offline kills the reference count (switching it from per-CPU shards to one word) and
+//! drops the base reference. Release happens on whatever thread drops the last reference,
+//! possibly inside an allocator, so it only pushes the node onto a lock-free intrusive list
+//! (no allocation, no lock). The next non-allocator operation on the tree hands the queued
+//! nodes to the epoch collector, which frees each after every reader pinned before it has
+//! unpinned. Freeing unlinks the node from its parent's child list and drops the child's
+//! reference on the parent, so parents are freed after their children, the root last.
+//!
+//! # Topology lock
+//!
+//! Child lists and the online-children counts are guarded by the tree's `topology` flag,
+//! held only for a few pointer updates and never while allocating or calling user code. A
+//! node stays linked until it is *freed*, so a walker that holds a reference on a node can
+//! always find that node's siblings and children under the flag.
+
+use alloc::boxed::Box;
+use core::ptr::{self, NonNull};
+
+use super::events::{Event, Events};
+use super::refcount::RefCount;
+use super::tree::TreeInner;
+use super::{GroupError, GroupId, GroupSpec};
+use crate::counter::Counter;
+use crate::cpu::CpuProvider;
+use crate::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use crate::sync::cell::UnsafeCell;
+
+pub(crate) const ONLINE: u8 = 0;
+pub(crate) const OFFLINE: u8 = 1;
+
+/// Links of the child lists; only touched with the tree's `topology` flag held.
+pub(crate) struct Topo<P: CpuProvider> {
+    pub(crate) first_child: *mut Node<P>,
+    pub(crate) next: *mut Node<P>,
+    pub(crate) prev: *mut Node<P>,
+    pub(crate) online_children: usize,
+}
+
+/// A group's heap node.
+pub(crate) struct Node<P: CpuProvider> {
+    pub(crate) counter: Counter<'static>,
+    pub(crate) refs: RefCount,
+    pub(crate) tree: NonNull<TreeInner<P>>,
+    pub(crate) parent: Option<NonNull<Node<P>>>,
+    pub(crate) id: GroupId,
+    pub(crate) name: Option<Box<str>>,
+    pub(crate) state: AtomicU8,
+    pub(crate) events: Events,
+    pub(crate) topo: UnsafeCell<Topo<P>>,
+    /// Link of the tree's released list (a Treiber stack).
+    pub(crate) next_released: AtomicPtr<Node<P>>,
+}
+
+impl<P: CpuProvider> Node<P> {
+    /// Allocates a node with `initial` references.
+    ///
+    /// # Safety
+    ///
+    /// `tree` must outlive the node, and so must `parent` (the caller gives the node one
+    /// reference on it, dropped in [`Node::free`]).
+    pub(crate) unsafe fn alloc(
+        tree: NonNull<TreeInner<P>>,
+        parent: Option<NonNull<Node<P>>>,
+        id: GroupId,
+        spec: &GroupSpec<'_>,
+        initial: usize,
+        shards: usize,
+    ) -> Result<NonNull<Node<P>>, GroupError> {
+        let parent_counter: Option<&'static Counter<'static>> = parent.map(|p| {
+            // SAFETY: the parent node outlives this node (caller's obligation: the child owns
+            // a reference on it until `free`), so extending the borrow of its counter to
+            // `'static` never lets the child's counter reach freed memory.
+            unsafe { &*ptr::addr_of!((*p.as_ptr()).counter) }
+        });
+        let mut counter = Counter::new(parent_counter);
+        if !spec.protection {
+            counter = counter.without_protection();
+        }
+        if !spec.failcnt {
+            counter = counter.without_failcnt();
+        }
+        counter.set_max(spec.max).map_err(GroupError::Limit)?;
+        counter.set_high(spec.high).map_err(GroupError::Limit)?;
+        counter.set_min(spec.min).map_err(GroupError::Limit)?;
+        counter.set_low(spec.low).map_err(GroupError::Limit)?;
+        let node = Box::new(Node {
+            counter,
+            refs: RefCount::new(initial, shards),
+            tree,
+            parent,
+            id,
+            name: spec.name.map(Box::from),
+            state: AtomicU8::new(ONLINE),
+            events: Events::default(),
+            topo: UnsafeCell::new(Topo {
+                first_child: ptr::null_mut(),
+                next: ptr::null_mut(),
+                prev: ptr::null_mut(),
+                online_children: 0,
+            }),
+            next_released: AtomicPtr::new(ptr::null_mut()),
+        });
+        // Never reborrowed as a `Box` again until `free`: children keep `&'static`
+        // references into it.
+        Ok(NonNull::from(Box::leak(node)))
+    }
+
+    #[inline]
+    pub(crate) fn tree(&self) -> &TreeInner<P> {
+        // SAFETY: the tree outlives every node (it is freed after the root, which is freed
+        // after every other node).
+        unsafe { self.tree.as_ref() }
+    }
+
+    #[inline]
+    pub(crate) fn parent(&self) -> Option<&Node<P>> {
+        // SAFETY: this node owns a reference on its parent until it is freed.
+        self.parent.map(|p| unsafe { &*p.as_ptr() })
+    }
+
+    /// The shard hint for this node's reference count: the current CPU.
+    #[inline(always)]
+    pub(crate) fn hint(&self) -> usize {
+        self.tree().cpus.current().unwrap_or(0)
+    }
+
+    #[inline]
+    pub(crate) fn is_online(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release store in `offline`, so a reader that sees
+        // OFFLINE also sees the zeroed protection.
+        self.state.load(Ordering::Acquire) == ONLINE
+    }
+
+    /// Raises `event` on this node: local count here, hierarchical count here and on every
+    /// ancestor.
+    pub(crate) fn raise(&self, event: Event) {
+        self.events.raise_local(event);
+        let mut n = Some(self);
+        while let Some(x) = n {
+            x.events.raise_hier(event);
+            n = x.parent();
+        }
+    }
+
+    /// Drops one reference, releasing the node if it was the last.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns a reference on `this` and gives it up.
+    #[inline]
+    pub(crate) unsafe fn put(this: NonNull<Self>) {
+        // SAFETY: the caller owns a reference, so the node is alive.
+        let node = unsafe { this.as_ref() };
+        if node.refs.put(node.hint()) {
+            // SAFETY: that was the last reference; we own the node now.
+            unsafe { Self::release(this) };
+        }
+    }
+
+    /// The last reference is gone: queue the node for freeing. Allocation-free and lock-free,
+    /// so it may run inside an allocator.
+    ///
+    /// # Safety
+    ///
+    /// The reference count of `this` reached zero and nobody else will release it.
+    #[cold]
+    pub(crate) unsafe fn release(this: NonNull<Self>) {
+        let detached = {
+            // SAFETY: the node stays allocated until `free`, which needs it on the list first;
+            // the tree outlives it. Both borrows end inside this block.
+            let node = unsafe { this.as_ref() };
+            let tree = node.tree();
+            tree.note_released(node.id);
+            (tree.push_released(this), node.tree)
+        };
+        if let (true, tree) = detached {
+            // SAFETY: the tree is alive: the node just pushed is not freed before the tree's
+            // reclamation runs, and that needs the tree. No borrow of it is held here.
+            unsafe { TreeInner::pump_detached(tree) };
+        }
+    }
+
+    /// Frees a released node after the grace period: unlinks it, drops it, and puts the
+    /// reference it held on its parent. Runs from the epoch collector.
+    ///
+    /// # Safety
+    ///
+    /// `this` was released, handed to the collector once, and the grace period has passed:
+    /// no reference and no pinned reader can reach it any more.
+    pub(crate) unsafe fn free(this: NonNull<Self>) {
+        // SAFETY: still allocated (we free it below); exclusively ours (caller's obligation).
+        let node = unsafe { this.as_ref() };
+        let tree_ptr = node.tree;
+        let parent = node.parent;
+        let id = node.id;
+        {
+            // SAFETY: the tree outlives its nodes.
+            let tree = unsafe { tree_ptr.as_ref() };
+            let _topology = tree.topology.lock();
+            // SAFETY: the topology flag is held, which guards every `topo`.
+            unsafe { Self::unlink(this) };
+        }
+        // SAFETY: the node came from `Box::leak` in `alloc` and is freed exactly once, here.
+        drop(unsafe { Box::from_raw(this.as_ptr()) });
+        // SAFETY: the tree outlives its nodes; the root (freed last) gives up its ownership
+        // of the tree below, after which `tree_ptr` is not used.
+        let tree = unsafe { tree_ptr.as_ref() };
+        tree.note_freed(id);
+        match parent {
+            Some(p) => {
+                // SAFETY: the reference this node held on its parent, given up now; the parent
+                // is alive until this put.
+                let pn = unsafe { p.as_ref() };
+                if pn.refs.put(pn.hint()) {
+                    tree.note_released(pn.id);
+                    // Inside the collector: no pumping from here (a nested pin would hold
+                    // the epoch back); the caller's reclamation loop picks the parent up.
+                    let _detached = tree.push_released(p);
+                }
+            }
+            // SAFETY: the root is freed last; its ownership share of the tree ends here.
+            None => unsafe { TreeInner::release_owner(tree_ptr) },
+        }
+    }
+
+    /// Links `this` as the first child of its parent and counts it online there.
+    ///
+    /// # Safety
+    ///
+    /// The topology flag is held; `this` has a parent and is not linked.
+    pub(crate) unsafe fn link(this: NonNull<Self>) {
+        // SAFETY: caller holds the topology flag; all nodes touched are alive (the parent is
+        // referenced by `this`, its first child is linked hence not freed).
+        unsafe {
+            let parent = (*this.as_ptr()).parent.expect("link needs a parent").as_ptr();
+            let first = (*parent).topo.with(|t| (*t).first_child);
+            (*this.as_ptr()).topo.with_mut(|t| {
+                (*t).next = first;
+                (*t).prev = ptr::null_mut();
+            });
+            if !first.is_null() {
+                (*first).topo.with_mut(|t| (*t).prev = this.as_ptr());
+            }
+            (*parent).topo.with_mut(|t| {
+                (*t).first_child = this.as_ptr();
+                (*t).online_children += 1;
+            });
+        }
+    }
+
+    /// Unlinks `this` from its parent's child list (no-op for the root).
+    ///
+    /// # Safety
+    ///
+    /// The topology flag is held and `this` is linked.
+    unsafe fn unlink(this: NonNull<Self>) {
+        // SAFETY: caller holds the topology flag; neighbours are linked hence alive.
+        unsafe {
+            let Some(parent) = (*this.as_ptr()).parent else {
+                return;
+            };
+            let (prev, next) = (*this.as_ptr()).topo.with(|t| ((*t).prev, (*t).next));
+            if prev.is_null() {
+                (*parent.as_ptr()).topo.with_mut(|t| (*t).first_child = next);
+            } else {
+                (*prev).topo.with_mut(|t| (*t).next = next);
+            }
+            if !next.is_null() {
+                (*next).topo.with_mut(|t| (*t).prev = prev);
+            }
+        }
+    }
+
+    /// Takes this node offline: refuses if it is the root, already offline, or has online
+    /// children; otherwise marks it offline, zeroes its protection, and drops the base
+    /// reference. The caller holds a reference, so the node is not released here.
+    pub(crate) fn offline(this: NonNull<Self>) -> Result<(), GroupError> {
+        // SAFETY: the caller holds a reference.
+        let node = unsafe { this.as_ref() };
+        let tree = node.tree();
+        let Some(parent) = node.parent() else {
+            return Err(GroupError::Root);
+        };
+        {
+            let _topology = tree.topology.lock();
+            // ORDERING: Relaxed; state changes only under the topology flag, which we hold.
+            if node.state.load(Ordering::Relaxed) != ONLINE {
+                return Err(GroupError::Offline);
+            }
+            // SAFETY: topology flag held.
+            let online_children = node.topo.with(|t| unsafe { (*t).online_children });
+            if online_children > 0 {
+                return Err(GroupError::HasOnlineChildren { online_children });
+            }
+            // A dying group stops claiming protection (Linux's css_offline sets min/low to
+            // 0), before the state says so: a reader that sees OFFLINE sees zero protection.
+            // Zero is always representable, so these cannot fail. (The counter's writer flag
+            // nests inside the topology flag, never the other way round.)
+            let _ = node.counter.set_min(0);
+            let _ = node.counter.set_low(0);
+            // ORDERING: Release pairs with the Acquire in `is_online`.
+            node.state.store(OFFLINE, Ordering::Release);
+            // SAFETY: topology flag held; the parent is alive (referenced by this node).
+            parent.topo.with_mut(|t| unsafe { (*t).online_children -= 1 });
+        }
+        tree.note_offlined();
+        if node.refs.kill() {
+            // SAFETY: the count reached zero (impossible while the caller holds a handle,
+            // but handled uniformly).
+            unsafe { Self::release(this) };
+        }
+        Ok(())
+    }
+}

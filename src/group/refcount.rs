@@ -1,0 +1,268 @@
+//! A killable, sharded reference count: Linux's `percpu_ref` without RCU.
+//!
+//! While a group is online its count is spread over per-CPU *shards*, so `get`/`put` from
+//! different CPUs touch different cache lines. Offlining *kills* the count: each shard is
+//! harvested into one central word, and from then on every operation uses the central word,
+//! where reaching zero can be detected.
+//!
+//! # Encoding
+//!
+//! Every count is kept doubled, so bit 0 of a shard is free to mean DEAD:
+//!
+//! * shard `i` = `2·dᵢ (mod 2ʷ) | DEAD`, where `dᵢ` is the net number of gets minus puts
+//!   made on shard `i` (it may be "negative": a handle cloned on one CPU and dropped on
+//!   another), `w` the word width;
+//! * `central` = `2·c + BIAS` while live, `2·count` once killed;
+//! * the true count is `(central − BIAS + Σ 2·dᵢ) / 2` while live.
+//!
+//! All arithmetic is modulo 2ʷ; the true doubled count is below 2ʷ⁻¹, so the sum is exact.
+//! `BIAS` (2ʷ⁻²) keeps `central` far from zero while shards hold the real count, so
+//! operations that fall through to `central` during a kill cannot see a false zero.
+//!
+//! # Protocol K (kill vs concurrent get/put)
+//!
+//! | step | get / put / tryget on shard `i` | kill |
+//! |------|--------------------------------|------|
+//! | 1 | `old = shardᵢ.fetch_add(±2)` | `killed = true` (`tryget_live` fails from here) |
+//! | 2 | `old & DEAD == 0` → done (counted in the shard) | for each shard: `old = fetch_or(DEAD)`; `sum += old & !DEAD` |
+//! | 3 | else: the shard is harvested; apply `±2` to `central` (the shard's ±2 is ignored garbage) | `central += sum − BIAS`, then drop the base reference (`central −= 2`) |
+//!
+//! A shard operation either lands before the harvest of its shard (and is in `sum`) or sees
+//! DEAD (and goes to `central`); `fetch_or` and `fetch_add` on one word are totally ordered,
+//! so nothing is lost or counted twice. Only `central` can reach zero, and only after the
+//! kill, because the base reference is part of it until the kill drops it.
+//!
+//! # Orderings
+//!
+//! The Arc recipe: increments are `Relaxed` (a new reference is made from an existing one,
+//! which already orders the data), decrements are `Release`, and whoever observes zero issues
+//! an `Acquire` fence before freeing. The harvest `fetch_or` is `AcqRel`: it acquires every
+//! `Release` decrement made on that shard (an RMW continues the release sequence) and releases
+//! them onwards through `central`, whose final decrement the freeing thread acquires.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use crate::padded::CachePadded;
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+
+const DEAD: usize = 1;
+const ONE: usize = 2;
+const BIAS: usize = 1 << (usize::BITS - 2);
+
+/// A killable sharded reference count. See the module docs for protocol K.
+pub(crate) struct RefCount {
+    shards: Box<[CachePadded<AtomicUsize>]>,
+    mask: usize,
+    central: CachePadded<AtomicUsize>,
+    killed: AtomicBool,
+}
+
+impl RefCount {
+    /// A live count of `initial` references spread over `shards` (rounded up to a power of
+    /// two, at least 1) shards.
+    pub(crate) fn new(initial: usize, shards: usize) -> Self {
+        let n = shards.max(1).next_power_of_two();
+        let shards: Vec<CachePadded<AtomicUsize>> =
+            (0..n).map(|_| CachePadded::new(AtomicUsize::new(0))).collect();
+        Self {
+            shards: shards.into_boxed_slice(),
+            mask: n - 1,
+            central: CachePadded::new(AtomicUsize::new(BIAS.wrapping_add(initial.wrapping_mul(ONE)))),
+            killed: AtomicBool::new(false),
+        }
+    }
+
+    #[inline(always)]
+    fn shard(&self, hint: usize) -> &AtomicUsize {
+        &self.shards[hint & self.mask]
+    }
+
+    /// Takes one more reference. The caller must already own one (or otherwise know the
+    /// count is non-zero): like `css_get`.
+    #[inline]
+    pub(crate) fn get(&self, hint: usize) {
+        // ORDERING: Relaxed, the Arc recipe: the caller's own reference orders the data.
+        let old = self.shard(hint).fetch_add(ONE, Ordering::Relaxed);
+        if old & DEAD != 0 {
+            self.get_central();
+        }
+    }
+
+    #[cold]
+    fn get_central(&self) {
+        // ORDERING: Relaxed, as in `get`.
+        let old = self.central.fetch_add(ONE, Ordering::Relaxed);
+        if old > usize::MAX / 2 {
+            // 2⁶² references cannot be real: a leak loop. Like Arc, refuse to wrap.
+            crate::abort();
+        }
+    }
+
+    /// Takes a reference unless the count already reached zero: like `css_tryget`. Safe to
+    /// call with only a borrowed pointer, as long as the memory is kept valid (the epoch).
+    #[inline]
+    pub(crate) fn tryget(&self, hint: usize) -> bool {
+        // ORDERING: Relaxed, as in `get`: success only ever adds to a non-zero count.
+        let old = self.shard(hint).fetch_add(ONE, Ordering::Relaxed);
+        if old & DEAD == 0 {
+            // Live: the base reference is held, so the count is non-zero.
+            return true;
+        }
+        self.tryget_central()
+    }
+
+    #[cold]
+    fn tryget_central(&self) -> bool {
+        // ORDERING: Relaxed load and CAS: increment-unless-zero; the reference obtained is
+        // ordered by whoever made the count non-zero (Arc's `upgrade` uses the same).
+        let mut cur = self.central.load(Ordering::Relaxed);
+        loop {
+            if cur == 0 {
+                return false;
+            }
+            if cur > usize::MAX / 2 {
+                crate::abort();
+            }
+            match self.central.compare_exchange_weak(cur, cur + ONE, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Takes a reference only if the count has not been killed: like `css_tryget_online`.
+    #[inline]
+    pub(crate) fn tryget_live(&self, hint: usize) -> bool {
+        // ORDERING: Acquire pairs with the Release store in `kill`: a reader that happens after
+        // `kill` returned sees `killed` and fails.
+        if self.killed.load(Ordering::Acquire) {
+            return false;
+        }
+        // ORDERING: Relaxed, as in `get`.
+        let old = self.shard(hint).fetch_add(ONE, Ordering::Relaxed);
+        // Landed on a harvested shard: the kill is under way, refuse (the shard's +2 is
+        // ignored garbage, nothing to undo).
+        old & DEAD == 0
+    }
+
+    /// Drops a reference. Returns `true` if it was the last one: the caller now owns the
+    /// object exclusively (all other owners' accesses happen-before this return).
+    #[inline]
+    #[must_use]
+    pub(crate) fn put(&self, hint: usize) -> bool {
+        // ORDERING: Release, the Arc recipe: this owner's accesses happen-before the free,
+        // through the harvest (`kill`'s AcqRel `fetch_or`) or through `central`.
+        let old = self.shard(hint).fetch_sub(ONE, Ordering::Release);
+        if old & DEAD == 0 {
+            return false;
+        }
+        self.put_central()
+    }
+
+    #[cold]
+    fn put_central(&self) -> bool {
+        // ORDERING: Release, as in `put`; the zero-observer's Acquire fence pairs with it.
+        let old = self.central.fetch_sub(ONE, Ordering::Release);
+        debug_assert!(old != 0, "chargetree: reference count underflow");
+        if old == ONE {
+            // ORDERING: Acquire fence pairs with every Release decrement before this one.
+            fence(Ordering::Acquire);
+            return true;
+        }
+        false
+    }
+
+    /// Switches to central counting and drops the base reference (Linux's
+    /// `percpu_ref_kill`). Returns `true` if that was the last reference. Must be called at
+    /// most once, by the owner of the base reference.
+    pub(crate) fn kill(&self) -> bool {
+        // ORDERING: Release pairs with the Acquire load in `tryget_live`.
+        let was = self.killed.swap(true, Ordering::Release);
+        debug_assert!(!was, "chargetree: reference count killed twice");
+        let mut sum = 0usize;
+        for shard in self.shards.iter() {
+            // ORDERING: AcqRel; see the module docs ("Orderings").
+            let old = shard.fetch_or(DEAD, Ordering::AcqRel);
+            sum = sum.wrapping_add(old & !DEAD);
+        }
+        // ORDERING: AcqRel: releases the harvested decrements to the eventual zero-observer.
+        self.central.fetch_add(sum.wrapping_sub(BIAS), Ordering::AcqRel);
+        self.put_central()
+    }
+
+    /// Whether `kill` has run.
+    #[inline]
+    pub(crate) fn is_killed(&self) -> bool {
+        // ORDERING: Relaxed; a status read. Callers that need ordering use `tryget_live`.
+        self.killed.load(Ordering::Relaxed)
+    }
+
+    /// The current count. Exact only once killed and when nobody is changing it; while live
+    /// it sums the shards racily (a statistic, off by the operations in flight).
+    pub(crate) fn count(&self) -> usize {
+        // ORDERING: Relaxed; a statistic (documented as racy).
+        let central = self.central.load(Ordering::Relaxed);
+        if self.is_killed() {
+            return central / ONE;
+        }
+        let mut sum = central.wrapping_sub(BIAS);
+        for shard in self.shards.iter() {
+            sum = sum.wrapping_add(shard.load(Ordering::Relaxed) & !DEAD);
+        }
+        sum / ONE
+    }
+}
+
+impl core::fmt::Debug for RefCount {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RefCount")
+            .field("count", &self.count())
+            .field("killed", &self.is_killed())
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::RefCount;
+
+    #[test]
+    fn live_gets_and_puts_on_different_shards_balance_at_kill() {
+        let rc = RefCount::new(1, 4);
+        // A reference taken on shard 0 and dropped on shard 3 leaves +2 / -2 in two shards.
+        rc.get(0);
+        rc.get(1);
+        assert!(!rc.put(3));
+        assert_eq!(rc.count(), 2);
+        // Killing drops the base reference; one reference (from shard 1) remains.
+        assert!(!rc.kill());
+        assert_eq!(rc.count(), 1);
+        assert!(!rc.tryget_live(0));
+        assert!(rc.tryget(2));
+        assert!(!rc.put(0));
+        assert!(rc.put(1), "the last put reports the release");
+        assert!(!rc.tryget(0), "tryget fails once the count reached zero");
+        assert_eq!(rc.count(), 0);
+    }
+
+    #[test]
+    fn kill_of_the_only_reference_releases() {
+        let rc = RefCount::new(1, 1);
+        assert!(rc.kill());
+        assert!(!rc.tryget(0));
+    }
+
+    #[test]
+    fn wrapping_shards_sum_exactly() {
+        let rc = RefCount::new(1, 2);
+        // Many references cloned on shard 0 and dropped on shard 1.
+        for _ in 0..1000 {
+            rc.get(0);
+            assert!(!rc.put(1));
+        }
+        assert_eq!(rc.count(), 1);
+        assert!(rc.kill());
+    }
+}

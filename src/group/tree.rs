@@ -1,0 +1,576 @@
+//! The tree (domain): owns the root group, the configuration, the CPU provider and the epoch
+//! collector. No globals: two trees in one process share nothing.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::{self, NonNull};
+
+use super::node::Node;
+use super::{Group, GroupId, GroupSpec};
+use crate::cpu::{CpuProvider, DefaultCpus};
+use crate::epoch::{Epoch, Guard, Participant};
+use crate::sync::SpinFlag;
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering, fence};
+
+/// How many pin–flush rounds [`TreeInner::reclaim_pumped`] tries: each round lets the epoch
+/// advance once, a node is freed two advances after it was deferred, and freeing a child can
+/// release its parent.
+/// Smaller under loom, where every round multiplies the interleavings to explore (loom
+/// models call [`TreeInner::reclaim_once`] in their concurrent sections).
+const PUMP_ROUNDS: usize = if cfg!(loom) { 16 } else { 64 };
+
+/// Notified when groups are released (last reference gone) and freed (memory returned).
+///
+/// For metrics and tests ("each group is freed exactly once"). `released` may run on any
+/// thread that drops a last reference, including inside a global allocator: it must not
+/// allocate, block, or call back into the tree. `freed` runs on whichever thread runs the
+/// epoch collector, outside any allocator path.
+pub trait Observer: Send + Sync {
+    /// The last reference of group `id` was dropped.
+    fn released(&self, id: GroupId) {
+        let _ = id;
+    }
+    /// The memory of group `id` was freed.
+    fn freed(&self, id: GroupId) {
+        let _ = id;
+    }
+}
+
+/// How a [`Tree`] is built.
+pub struct TreeConfig<P: CpuProvider = DefaultCpus> {
+    cpus: P,
+    refcount_shards: Option<usize>,
+    root: GroupSpec<'static>,
+    observer: Option<Box<dyn Observer>>,
+}
+
+impl<P: CpuProvider + Default> Default for TreeConfig<P> {
+    fn default() -> Self {
+        Self::with_cpus(P::default())
+    }
+}
+
+impl TreeConfig<DefaultCpus> {
+    /// The default configuration: the default CPU provider, reference counts sharded over
+    /// as many CPUs as it has (up to 16), an unlimited root.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with_cpus(DefaultCpus::default())
+    }
+}
+
+impl<P: CpuProvider> TreeConfig<P> {
+    /// A configuration using `cpus` as the CPU provider.
+    #[must_use]
+    pub fn with_cpus(cpus: P) -> Self {
+        Self { cpus, refcount_shards: None, root: GroupSpec::new().name("root"), observer: None }
+    }
+
+    /// Spreads each group's reference count over `shards` per-CPU shards (rounded up to a
+    /// power of two). Each shard costs one cache line per group. Default:
+    /// `min(cpus.count(), 16)`, at least 1.
+    #[must_use]
+    pub fn refcount_shards(mut self, shards: usize) -> Self {
+        self.refcount_shards = Some(shards);
+        self
+    }
+
+    /// Limits and protection of the root group.
+    #[must_use]
+    pub fn root(mut self, spec: GroupSpec<'static>) -> Self {
+        self.root = spec;
+        self
+    }
+
+    /// Installs an [`Observer`].
+    #[must_use]
+    pub fn observer(mut self, observer: impl Observer + 'static) -> Self {
+        self.observer = Some(Box::new(observer));
+        self
+    }
+}
+
+impl<P: CpuProvider> fmt::Debug for TreeConfig<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TreeConfig")
+            .field("cpus", &self.cpus.count())
+            .field("refcount_shards", &self.refcount_shards)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts of group lifecycle transitions, for monitoring (how many groups are dying, how
+/// many wait for a grace period). Each field is read separately.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeStats {
+    /// Groups created, the root included.
+    pub created: usize,
+    /// Groups taken offline (the root counts when the tree is dropped).
+    pub offlined: usize,
+    /// Groups whose last reference is gone.
+    pub released: usize,
+    /// Groups whose memory was freed.
+    pub freed: usize,
+}
+
+impl TreeStats {
+    /// Offline groups still referenced (Linux's "dying" cgroups).
+    #[must_use]
+    pub fn dying(&self) -> usize {
+        self.offlined.saturating_sub(self.released)
+    }
+}
+
+/// The shared state of a tree. Owned jointly by the [`Tree`] handle and the root node (the
+/// root is freed after every other node, so the tree outlives all of them).
+pub(crate) struct TreeInner<P: CpuProvider> {
+    pub(crate) cpus: P,
+    pub(crate) epoch: Epoch,
+    pub(crate) shards: usize,
+    /// Guards every node's child links and online-children count.
+    pub(crate) topology: SpinFlag,
+    released: AtomicPtr<Node<P>>,
+    next_id: AtomicUsize,
+    created: AtomicUsize,
+    offlined: AtomicUsize,
+    released_count: AtomicUsize,
+    freed: AtomicUsize,
+    /// 2 while the `Tree` handle exists (handle + root), 1 after, 0 → free.
+    owners: AtomicUsize,
+    /// Set when the `Tree` handle is dropped: last puts then reclaim themselves.
+    detached: AtomicBool,
+    /// Set (under `topology`) when the tree starts to be dropped: no new groups.
+    pub(crate) closing: AtomicBool,
+    root: AtomicPtr<Node<P>>,
+    observer: Option<Box<dyn Observer>>,
+}
+
+// SAFETY: the raw pointers are to nodes whose shared fields are atomics or are guarded by
+// `topology`; `observer` is `Send + Sync`; `P` is `Send + Sync` (`CpuProvider` bound); the
+// collector is `Send + Sync`.
+unsafe impl<P: CpuProvider> Send for TreeInner<P> {}
+// SAFETY: see `Send`.
+unsafe impl<P: CpuProvider> Sync for TreeInner<P> {}
+
+impl<P: CpuProvider> TreeInner<P> {
+    pub(crate) fn next_id(&self) -> GroupId {
+        // ORDERING: Relaxed; uniqueness only needs the RMW.
+        GroupId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn note_created(&self) {
+        // ORDERING: Relaxed; statistics (here and in the other `note_*`).
+        self.created.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_offlined(&self) {
+        self.offlined.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_released(&self, id: GroupId) {
+        self.released_count.fetch_add(1, Ordering::Relaxed);
+        if let Some(o) = &self.observer {
+            o.released(id);
+        }
+    }
+
+    pub(crate) fn note_freed(&self, id: GroupId) {
+        self.freed.fetch_add(1, Ordering::Relaxed);
+        if let Some(o) = &self.observer {
+            o.freed(id);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> TreeStats {
+        // ORDERING: Relaxed; statistics.
+        TreeStats {
+            created: self.created.load(Ordering::Relaxed),
+            offlined: self.offlined.load(Ordering::Relaxed),
+            released: self.released_count.load(Ordering::Relaxed),
+            freed: self.freed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Pushes a released node onto the released list (Treiber push: lock-free, no
+    /// allocation). Returns whether the tree's handle is gone, in which case nobody else
+    /// would reclaim: the caller should call [`TreeInner::pump_detached`] unless it runs
+    /// inside the collector.
+    #[must_use]
+    pub(crate) fn push_released(&self, node: NonNull<Node<P>>) -> bool {
+        // ORDERING: Relaxed initial load; the CAS publishes.
+        let mut head = self.released.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the node is released and owned by the pusher until the CAS succeeds.
+            unsafe { node.as_ref() }.next_released.store(head, Ordering::Relaxed);
+            // ORDERING: Release pairs with the Acquire swap in `reclaim`, which then sees the
+            // link and every write made to the node before its release.
+            match self.released.compare_exchange_weak(
+                head,
+                node.as_ptr(),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => head = now,
+            }
+        }
+        // ORDERING: store-buffering with `Tree::drop` (store `detached`, fence, drain the list):
+        // with a SeqCst fence on both sides, either this load sees `detached` or the drop's
+        // drain sees the node pushed above, so no released node is stranded.
+        fence(Ordering::SeqCst);
+        self.detached.load(Ordering::Relaxed)
+    }
+
+    /// Reclaims on behalf of a detached tree, holding an ownership share meanwhile (freeing
+    /// the root gives up the tree's last other share).
+    ///
+    /// # Safety
+    ///
+    /// `this` points to a live tree (the caller holds something that keeps it alive until
+    /// this call starts, such as a released node not yet freed) and no reference to it is
+    /// held across the call: the tree may be freed inside.
+    pub(crate) unsafe fn pump_detached(this: NonNull<Self>) {
+        {
+            // SAFETY: alive (caller's obligation); the borrow ends before the release below.
+            let tree = unsafe { this.as_ref() };
+            // ORDERING: Relaxed: a new share is taken while another keeps the tree alive
+            // (the Arc recipe); `release_owner`'s AcqRel orders the rest.
+            tree.owners.fetch_add(1, Ordering::Relaxed);
+            tree.reclaim_pumped();
+        }
+        // SAFETY: the share taken above, given up; `this` is not used afterwards.
+        unsafe { Self::release_owner(this) };
+    }
+
+    /// Pins for internal work: the thread's participant with `std`, else a fresh one (the
+    /// guard keeps it registered until dropped).
+    fn pin_internal(&self) -> Guard<'_> {
+        #[cfg(all(feature = "std", not(loom)))]
+        {
+            self.epoch.pin_current_thread(self.identity())
+        }
+        #[cfg(not(all(feature = "std", not(loom))))]
+        {
+            self.epoch.register(self.identity()).pin()
+        }
+    }
+
+    /// This tree's identity for guards and owner cells: its address, compared and never
+    /// dereferenced through a guard. Unique while anything of the tree is alive (a cell that
+    /// holds a group keeps the tree alive; an empty cell never dereferences).
+    #[inline]
+    pub(crate) fn identity(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Hands every released node to the collector; returns whether there were any. Not for
+    /// allocator paths: pinning may collect, and collecting may allocate.
+    pub(crate) fn reclaim_with(&self, guard: &Guard<'_>) -> bool {
+        // ORDERING: Relaxed fast check; the swap below is what synchronises.
+        if self.released.load(Ordering::Relaxed).is_null() {
+            return false;
+        }
+        // ORDERING: Acquire pairs with the Release CAS in `push_released`.
+        let mut p = self.released.swap(ptr::null_mut(), Ordering::Acquire);
+        while let Some(node) = NonNull::new(p) {
+            // SAFETY: nodes on the list are released and unreachable; we own the list now.
+            p = unsafe { node.as_ref() }.next_released.load(Ordering::Relaxed);
+            let addr = SendPtr(node);
+            // SAFETY: the node is unreachable (count zero, no stored pointer) and handed to the
+            // collector exactly once; `free` touches the tree, which outlives its nodes.
+            unsafe {
+                guard.defer(move || {
+                    let addr = addr;
+                    Node::free(addr.0);
+                });
+            }
+        }
+        true
+    }
+
+    /// One reclamation round: hand released nodes to the collector and flush once.
+    #[cfg(all(loom, test))]
+    pub(crate) fn reclaim_once(&self) {
+        let guard = self.pin_internal();
+        self.reclaim_with(&guard);
+        guard.flush();
+    }
+
+    /// Reclaims and nudges the collector until every released node is freed, or for at most
+    /// [`PUMP_ROUNDS`] rounds. In a quiescent process everything released is freed before
+    /// this returns; a thread pinned elsewhere holds the epoch back, and what is left is
+    /// freed by later reclamation.
+    pub(crate) fn reclaim_pumped(&self) {
+        for _ in 0..PUMP_ROUNDS {
+            {
+                let guard = self.pin_internal();
+                self.reclaim_with(&guard);
+                guard.flush();
+            }
+            let stats = self.stats();
+            // ORDERING: Relaxed; a progress heuristic.
+            if stats.freed == stats.released && self.released.load(Ordering::Relaxed).is_null() {
+                return;
+            }
+        }
+    }
+
+    /// Gives up one ownership share; frees the tree at zero.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns a share and does not use `this` afterwards.
+    pub(crate) unsafe fn release_owner(this: NonNull<Self>) {
+        // SAFETY: the caller owns a share, so the tree is alive.
+        let owners = unsafe { this.as_ref() }.owners.fetch_sub(1, Ordering::AcqRel);
+        // ORDERING: AcqRel: the last owner sees every write of the other owner.
+        if owners == 1 {
+            // SAFETY: last share: nobody else can reach the tree (every node is freed, the
+            // handle is gone). Allocated by `Box::leak` in `Tree::with_config`.
+            drop(unsafe { Box::from_raw(this.as_ptr()) });
+        }
+    }
+}
+
+/// A pointer moved into a deferred closure.
+struct SendPtr<P: CpuProvider>(NonNull<Node<P>>);
+// SAFETY: the node is released and handed to exactly one deferred call, which may run on any
+// thread; nodes are `Sync` in all the fields `free` touches.
+unsafe impl<P: CpuProvider> Send for SendPtr<P> {}
+
+/// A hierarchy of groups with its own root, configuration, CPU provider and epoch collector.
+///
+/// Dropping the tree takes every group offline (children first), so groups are freed as soon
+/// as their handles and stored pointers are gone. Handles may outlive the tree; their
+/// counters keep working (charging an offline group is allowed, as in Linux). The memory of
+/// the tree's bookkeeping is freed with the root, after every other group.
+///
+/// ```
+/// use chargetree::group::{GroupSpec, Tree};
+///
+/// let tree = Tree::new();
+/// let vm = tree.root().create_child(GroupSpec::new().name("vm-1").max(1024)).unwrap();
+/// vm.counter().try_charge(1000).unwrap();
+/// assert_eq!(tree.root().counter().usage(), 1000);
+/// assert!(vm.counter().try_charge(100).is_err());
+/// vm.counter().uncharge(1000);
+/// vm.offline().unwrap();
+/// drop(vm);
+/// tree.reclaim();
+/// ```
+pub struct Tree<P: CpuProvider = DefaultCpus> {
+    inner: NonNull<TreeInner<P>>,
+    _owns: PhantomData<TreeInner<P>>,
+}
+
+// SAFETY: `TreeInner` is `Send + Sync`; the handle is a shared owner.
+unsafe impl<P: CpuProvider> Send for Tree<P> {}
+// SAFETY: see `Send`.
+unsafe impl<P: CpuProvider> Sync for Tree<P> {}
+
+#[cfg(all(feature = "std", not(loom)))]
+impl Tree<DefaultCpus> {
+    /// A tree with the default configuration.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with_config(TreeConfig::new())
+    }
+}
+
+#[cfg(all(feature = "std", not(loom)))]
+impl Default for Tree<DefaultCpus> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P: CpuProvider> Tree<P> {
+    /// A tree built from `config`.
+    ///
+    /// # Panics
+    ///
+    /// If the root spec's limits are above [`COUNTER_MAX`](crate::COUNTER_MAX).
+    #[must_use]
+    pub fn with_config(config: TreeConfig<P>) -> Self {
+        if let Err(e) = config.root.validate() {
+            panic!("chargetree: invalid root spec: {e}");
+        }
+        let shards = config.refcount_shards.unwrap_or_else(|| config.cpus.count().clamp(1, 16));
+        let inner = NonNull::from(Box::leak(Box::new(TreeInner {
+            cpus: config.cpus,
+            epoch: Epoch::new(),
+            shards,
+            topology: SpinFlag::new(),
+            released: AtomicPtr::new(ptr::null_mut()),
+            next_id: AtomicUsize::new(0),
+            created: AtomicUsize::new(0),
+            offlined: AtomicUsize::new(0),
+            released_count: AtomicUsize::new(0),
+            freed: AtomicUsize::new(0),
+            owners: AtomicUsize::new(2),
+            detached: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            root: AtomicPtr::new(ptr::null_mut()),
+            observer: config.observer,
+        })));
+        // SAFETY: just allocated.
+        let tree = unsafe { inner.as_ref() };
+        let id = tree.next_id();
+        // SAFETY: the tree outlives the root (the root owns a share of it); no parent.
+        let root = unsafe { Node::alloc(inner, None, id, &config.root, 1, shards) }
+            .expect("root limits must be representable");
+        tree.note_created();
+        // ORDERING: Release pairs with the Acquire loads in `root_node`.
+        tree.root.store(root.as_ptr(), Ordering::Release);
+        Self { inner, _owns: PhantomData }
+    }
+
+    #[inline]
+    fn inner(&self) -> &TreeInner<P> {
+        // SAFETY: the handle owns a share of the tree.
+        unsafe { self.inner.as_ref() }
+    }
+
+    fn root_node(&self) -> NonNull<Node<P>> {
+        // ORDERING: Acquire pairs with the Release store in `with_config`.
+        NonNull::new(self.inner().root.load(Ordering::Acquire)).expect("root is set at creation")
+    }
+
+    /// A handle to the root group.
+    #[must_use]
+    pub fn root(&self) -> Group<P> {
+        let root = self.root_node();
+        // SAFETY: the root is online while the tree handle exists (its base reference is
+        // only dropped in `Tree::drop`), so taking a reference is legal.
+        unsafe { root.as_ref() }.refs.get(self.inner().cpus.current().unwrap_or(0));
+        // SAFETY: we just took the reference the handle owns.
+        unsafe { Group::from_node(root) }
+    }
+
+    /// The CPU provider.
+    #[must_use]
+    pub fn cpus(&self) -> &P {
+        &self.inner().cpus
+    }
+
+    /// Lifecycle counts.
+    #[must_use]
+    pub fn stats(&self) -> TreeStats {
+        self.inner().stats()
+    }
+
+    /// Pins the current thread in this tree's epoch (with `std`).
+    ///
+    /// Also hands released groups to the collector. Not for use inside a global allocator:
+    /// pinning may collect garbage, which may allocate.
+    #[cfg(all(feature = "std", not(loom)))]
+    #[must_use]
+    pub fn pin(&self) -> Guard<'_> {
+        let inner = self.inner();
+        let guard = inner.epoch.pin_current_thread(inner.identity());
+        if inner.reclaim_with(&guard) {
+            // Move the deferred frees out of this thread's bag, or an idle thread would keep
+            // them forever.
+            guard.flush();
+        }
+        guard
+    }
+
+    /// Registers a new participant of this tree's epoch, for embedders that pin per CPU
+    /// (see [`crate::epoch`]). Allocates.
+    #[must_use]
+    pub fn register(&self) -> Participant<'_> {
+        let inner = self.inner();
+        inner.epoch.register(inner.identity())
+    }
+
+    /// Whether `guard` was pinned in this tree's epoch.
+    #[must_use]
+    pub fn owns_guard(&self, guard: &Guard<'_>) -> bool {
+        guard.owner() == self.inner().identity()
+    }
+
+    /// Whether `participant` belongs to this tree's epoch.
+    #[must_use]
+    pub fn owns_participant(&self, participant: &Participant<'_>) -> bool {
+        participant.owner() == self.inner().identity()
+    }
+
+    pub(crate) fn inner_ptr(&self) -> NonNull<TreeInner<P>> {
+        self.inner
+    }
+
+    /// One reclamation round (loom models keep their concurrent sections small).
+    #[cfg(all(loom, test))]
+    pub(crate) fn reclaim_once(&self) {
+        self.inner().reclaim_once();
+    }
+
+    /// Hands released groups to the epoch collector and helps it along; in a quiescent
+    /// process they are freed before this returns. Not for use inside a global allocator.
+    pub fn reclaim(&self) {
+        self.inner().reclaim_pumped();
+    }
+
+    /// Every group of the tree, in pre-order, each as an owned handle (allocates a `Vec`).
+    #[must_use]
+    pub fn groups(&self) -> Vec<Group<P>> {
+        let mut out = Vec::new();
+        let mut cursor = Some(self.root());
+        while let Some(g) = cursor {
+            cursor = g.next_pre(&self.root());
+            out.push(g);
+        }
+        out
+    }
+}
+
+impl<P: CpuProvider> Drop for Tree<P> {
+    fn drop(&mut self) {
+        {
+            let _topology = self.inner().topology.lock();
+            // ORDERING: Relaxed; read and written under the topology flag.
+            self.inner().closing.store(true, Ordering::Relaxed);
+        }
+        // Take every group offline, children first (post-order = reverse pre-order). No
+        // group can be created from here on, so the snapshot is complete.
+        let groups = self.groups();
+        for g in groups.iter().rev() {
+            if g.is_root() {
+                continue;
+            }
+            // Groups already offline are skipped; nothing else can fail here.
+            let _ = g.offline();
+        }
+        let root = self.root_node();
+        drop(groups);
+        let inner = self.inner();
+        // ORDERING: store-buffering with `push_released` (see there): SeqCst fence between
+        // this store and the drain in `reclaim_pumped` below.
+        inner.detached.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        // SAFETY: the root's base reference is owned by the tree handle.
+        let root_ref = unsafe { root.as_ref() };
+        {
+            let _topology = inner.topology.lock();
+            // ORDERING: Release, as in `Node::offline`.
+            root_ref.state.store(super::node::OFFLINE, Ordering::Release);
+        }
+        inner.note_offlined();
+        if root_ref.refs.kill() {
+            // SAFETY: the last reference was the base reference, just dropped.
+            unsafe { Node::release(root) };
+        }
+        inner.reclaim_pumped();
+        // SAFETY: the handle's share, given up; `self.inner` is not used after this.
+        unsafe { TreeInner::release_owner(self.inner) };
+    }
+}
+
+impl<P: CpuProvider> fmt::Debug for Tree<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tree").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
