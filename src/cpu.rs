@@ -101,12 +101,16 @@ mod thread {
     /// crate: like `std::thread::ThreadId`, thread identity is a property of the process.
     static TAKEN: [AtomicU64; WORDS] = [const { AtomicU64::new(0) }; WORDS];
 
-    struct Index(Cell<usize>);
+    /// Gives the thread's index back when the thread exits.
+    struct Release(Cell<usize>);
 
-    impl Drop for Index {
+    impl Drop for Release {
         fn drop(&mut self) {
             let i = self.0.get();
             if i != UNASSIGNED {
+                // The thread can still run thread-local destructors that charge: from here on
+                // it has no index.
+                let _ = INDEX.try_with(|c| c.set(UNASSIGNED));
                 // ORDERING: Release pairs with the Acquire CAS in `take_index`, so the next
                 // thread to get this index sees everything this thread did under it (the
                 // per-CPU structures it owned are handed over with the index).
@@ -116,7 +120,26 @@ mod thread {
     }
 
     std::thread_local! {
-        static INDEX: Index = const { Index(Cell::new(UNASSIGNED)) };
+        // Read on every charge: no destructor, so reading it is one thread-local load with no
+        // registration check.
+        static INDEX: Cell<usize> = const { Cell::new(UNASSIGNED) };
+        // Written once per thread; its destructor returns the index.
+        static RELEASE: Release = const { Release(Cell::new(UNASSIGNED)) };
+    }
+
+    /// Assigns this thread an index (first call on a thread, or after its release at exit).
+    #[cold]
+    #[inline(never)]
+    fn assign() -> usize {
+        // Register the destructor first: if the thread is already tearing down its
+        // thread-locals, do not take an index that could never be given back.
+        let Ok(()) = RELEASE.try_with(|_| ()) else { return UNASSIGNED };
+        let i = take_index();
+        if i != UNASSIGNED {
+            let _ = RELEASE.try_with(|r| r.0.set(i));
+            let _ = INDEX.try_with(|c| c.set(i));
+        }
+        i
     }
 
     fn take_index() -> usize {
@@ -188,18 +211,12 @@ mod thread {
             self.count
         }
 
-        #[inline]
+        #[inline(always)]
         fn current(&self) -> Option<usize> {
-            let i = INDEX
-                .try_with(|idx| {
-                    let mut i = idx.0.get();
-                    if i == UNASSIGNED {
-                        i = take_index();
-                        idx.0.set(i);
-                    }
-                    i
-                })
-                .unwrap_or(UNASSIGNED);
+            let mut i = INDEX.with(Cell::get);
+            if i == UNASSIGNED {
+                i = assign();
+            }
             if i < self.count { Some(i) } else { None }
         }
     }

@@ -90,9 +90,13 @@ mod sync;
 pub mod counter;
 pub mod cpu;
 #[cfg(feature = "alloc")]
+mod engine;
+#[cfg(feature = "alloc")]
 pub mod epoch;
 #[cfg(feature = "alloc")]
 pub mod group;
+#[cfg(feature = "alloc")]
+pub mod stock;
 
 #[cfg(any(test, feature = "model"))]
 #[doc(hidden)]

@@ -42,11 +42,14 @@
 //! under a global allocator that fails on re-entry.
 
 mod events;
-mod node;
+pub(crate) mod node;
 mod owner;
 pub(crate) mod refcount;
-mod tree;
+pub(crate) mod tree;
 
+pub use crate::engine::{
+    ChargeFailure, ChargeOptions, Charged, DEFAULT_RETRIES, OverHigh, ReclaimWalk, Reclaimer,
+};
 pub use events::{Event, EventCounts};
 pub use owner::{MoveError, OwnerCell};
 pub use tree::{Observer, Tree, TreeConfig, TreeStats};
@@ -58,6 +61,7 @@ use core::ptr::NonNull;
 use crate::counter::{COUNTER_MAX, Counter, LimitError};
 use crate::cpu::{CpuProvider, DefaultCpus};
 use crate::epoch::Guard;
+use crate::stock::STOCK_SLOTS;
 use crate::sync::atomic::Ordering;
 use node::Node;
 
@@ -198,44 +202,44 @@ impl core::error::Error for GroupError {}
 ///
 /// `Send + Sync`; cheap to clone (one atomic add on a per-CPU shard while the group is
 /// online).
-pub struct Group<P: CpuProvider = DefaultCpus> {
-    node: NonNull<Node<P>>,
-    _owns: PhantomData<Node<P>>,
+pub struct Group<P: CpuProvider = DefaultCpus, const K: usize = STOCK_SLOTS> {
+    node: NonNull<Node<P, K>>,
+    _owns: PhantomData<Node<P, K>>,
 }
 
 // SAFETY: the node's shared state is atomics, or guarded by the tree's topology flag; the
 // handle only owns a reference, which any thread may drop.
-unsafe impl<P: CpuProvider> Send for Group<P> {}
+unsafe impl<P: CpuProvider, const K: usize> Send for Group<P, K> {}
 // SAFETY: see `Send`; `&Group` only allows shared-state operations.
-unsafe impl<P: CpuProvider> Sync for Group<P> {}
+unsafe impl<P: CpuProvider, const K: usize> Sync for Group<P, K> {}
 
-impl<P: CpuProvider> Group<P> {
+impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// Wraps a node whose reference the caller gives to the handle.
     ///
     /// # Safety
     ///
     /// The caller owns one reference on `node` and transfers it.
     #[inline]
-    pub(crate) unsafe fn from_node(node: NonNull<Node<P>>) -> Self {
+    pub(crate) unsafe fn from_node(node: NonNull<Node<P, K>>) -> Self {
         Self { node, _owns: PhantomData }
     }
 
     /// Gives up the handle without dropping its reference.
     #[inline]
-    pub(crate) fn into_node(self) -> NonNull<Node<P>> {
+    pub(crate) fn into_node(self) -> NonNull<Node<P, K>> {
         let node = self.node;
         core::mem::forget(self);
         node
     }
 
     #[inline]
-    pub(crate) fn node(&self) -> &Node<P> {
+    pub(crate) fn node(&self) -> &Node<P, K> {
         // SAFETY: the handle owns a reference, so the node is alive.
         unsafe { self.node.as_ref() }
     }
 
     #[inline]
-    pub(crate) fn node_ptr(&self) -> NonNull<Node<P>> {
+    pub(crate) fn node_ptr(&self) -> NonNull<Node<P, K>> {
         self.node
     }
 
@@ -272,7 +276,7 @@ impl<P: CpuProvider> Group<P> {
 
     /// The parent group.
     #[must_use]
-    pub fn parent(&self) -> Option<Group<P>> {
+    pub fn parent(&self) -> Option<Group<P, K>> {
         let parent = self.node().parent?;
         // SAFETY: this node owns a reference on its parent, so the parent's count is
         // non-zero and a plain get is legal (css_get rule).
@@ -283,21 +287,14 @@ impl<P: CpuProvider> Group<P> {
 
     /// Whether both handles refer to the same group.
     #[must_use]
-    pub fn ptr_eq(&self, other: &Group<P>) -> bool {
+    pub fn ptr_eq(&self, other: &Group<P, K>) -> bool {
         self.node == other.node
     }
 
     /// Whether `ancestor` is this group or one of its ancestors.
     #[must_use]
-    pub fn is_descendant_of(&self, ancestor: &Group<P>) -> bool {
-        let mut n = Some(self.node());
-        while let Some(x) = n {
-            if core::ptr::eq(x, ancestor.node()) {
-                return true;
-            }
-            n = x.parent();
-        }
-        false
+    pub fn is_descendant_of(&self, ancestor: &Group<P, K>) -> bool {
+        self.node().is_descendant_of(ancestor.node())
     }
 
     /// The number of references (a racy statistic while the group is online).
@@ -307,7 +304,7 @@ impl<P: CpuProvider> Group<P> {
     }
 
     /// Creates an online child with `spec`'s limits. Refused if this group is offline.
-    pub fn create_child(&self, spec: GroupSpec<'_>) -> Result<Group<P>, GroupError> {
+    pub fn create_child(&self, spec: GroupSpec<'_>) -> Result<Group<P, K>, GroupError> {
         let tree = self.node().tree();
         let id = tree.next_id();
         // Two references: the base (online membership) and the returned handle.
@@ -344,7 +341,12 @@ impl<P: CpuProvider> Group<P> {
     /// already offline, and for a group with online children.
     pub fn offline(&self) -> Result<(), GroupError> {
         Node::offline(self.node)?;
-        self.node().tree().reclaim_pumped();
+        let tree = self.node().tree();
+        // Stocks release their references to the dying group (Linux's css_offline calls
+        // drain_all_stock). A CPU inside a stock operation at that moment keeps its entry
+        // until its next eviction or drain.
+        tree.drain_stocks_blocking(Some(self.node()));
+        tree.reclaim_pumped();
         Ok(())
     }
 
@@ -367,7 +369,7 @@ impl<P: CpuProvider> Group<P> {
 
     /// The first child (in creation order, newest first) whose `tryget` succeeds.
     #[must_use]
-    pub fn first_child(&self) -> Option<Group<P>> {
+    pub fn first_child(&self) -> Option<Group<P, K>> {
         let tree = self.node().tree();
         let _topology = tree.topology.lock();
         // SAFETY: topology flag held.
@@ -377,7 +379,7 @@ impl<P: CpuProvider> Group<P> {
 
     /// The next sibling whose `tryget` succeeds.
     #[must_use]
-    pub fn next_sibling(&self) -> Option<Group<P>> {
+    pub fn next_sibling(&self) -> Option<Group<P, K>> {
         let tree = self.node().tree();
         let _topology = tree.topology.lock();
         // SAFETY: topology flag held; this node is alive (we hold it) hence linked.
@@ -386,7 +388,7 @@ impl<P: CpuProvider> Group<P> {
     }
 
     /// Walks siblings from `*p` until a tryget succeeds. Topology flag must be held.
-    fn first_tryget_from(&self, p: &mut *mut Node<P>) -> Option<Group<P>> {
+    fn first_tryget_from(&self, p: &mut *mut Node<P, K>) -> Option<Group<P, K>> {
         let hint = self.node().hint();
         while let Some(n) = NonNull::new(*p) {
             // SAFETY: linked nodes are alive until freed, and freeing unlinks under the
@@ -404,7 +406,7 @@ impl<P: CpuProvider> Group<P> {
 
     /// The children, each as a handle (allocates a `Vec`).
     #[must_use]
-    pub fn children(&self) -> alloc::vec::Vec<Group<P>> {
+    pub fn children(&self) -> alloc::vec::Vec<Group<P, K>> {
         let mut out = alloc::vec::Vec::new();
         let mut c = self.first_child();
         while let Some(g) = c {
@@ -418,7 +420,7 @@ impl<P: CpuProvider> Group<P> {
     /// `css_next_descendant_pre`), or `None` at the end. Allocation-free: a subtree walk
     /// holds one handle at a time.
     #[must_use]
-    pub fn next_pre(&self, root: &Group<P>) -> Option<Group<P>> {
+    pub fn next_pre(&self, root: &Group<P, K>) -> Option<Group<P, K>> {
         if let Some(c) = self.first_child() {
             return Some(c);
         }
@@ -435,7 +437,7 @@ impl<P: CpuProvider> Group<P> {
     }
 }
 
-impl<P: CpuProvider> Clone for Group<P> {
+impl<P: CpuProvider, const K: usize> Clone for Group<P, K> {
     #[inline]
     fn clone(&self) -> Self {
         self.node().refs.get(self.node().hint());
@@ -444,7 +446,7 @@ impl<P: CpuProvider> Clone for Group<P> {
     }
 }
 
-impl<P: CpuProvider> Drop for Group<P> {
+impl<P: CpuProvider, const K: usize> Drop for Group<P, K> {
     #[inline]
     fn drop(&mut self) {
         // SAFETY: the handle owns one reference and gives it up.
@@ -452,14 +454,14 @@ impl<P: CpuProvider> Drop for Group<P> {
     }
 }
 
-impl<P: CpuProvider> PartialEq for Group<P> {
+impl<P: CpuProvider, const K: usize> PartialEq for Group<P, K> {
     fn eq(&self, other: &Self) -> bool {
         self.ptr_eq(other)
     }
 }
-impl<P: CpuProvider> Eq for Group<P> {}
+impl<P: CpuProvider, const K: usize> Eq for Group<P, K> {}
 
-impl<P: CpuProvider> fmt::Debug for Group<P> {
+impl<P: CpuProvider, const K: usize> fmt::Debug for Group<P, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Group")
             .field("id", &self.id())
@@ -473,30 +475,30 @@ impl<P: CpuProvider> fmt::Debug for Group<P> {
 /// A group pointer borrowed under an epoch guard: dereferenceable while the guard lives,
 /// but owning nothing. Turn it into a [`Group`] with [`tryget`](GroupRef::tryget) or
 /// [`tryget_online`](GroupRef::tryget_online).
-pub struct GroupRef<'g, P: CpuProvider = DefaultCpus> {
-    node: NonNull<Node<P>>,
-    _guard: PhantomData<&'g Node<P>>,
+pub struct GroupRef<'g, P: CpuProvider = DefaultCpus, const K: usize = STOCK_SLOTS> {
+    node: NonNull<Node<P, K>>,
+    _guard: PhantomData<&'g Node<P, K>>,
 }
 
-impl<P: CpuProvider> Clone for GroupRef<'_, P> {
+impl<P: CpuProvider, const K: usize> Clone for GroupRef<'_, P, K> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<P: CpuProvider> Copy for GroupRef<'_, P> {}
+impl<P: CpuProvider, const K: usize> Copy for GroupRef<'_, P, K> {}
 
-impl<'g, P: CpuProvider> GroupRef<'g, P> {
+impl<'g, P: CpuProvider, const K: usize> GroupRef<'g, P, K> {
     /// # Safety
     ///
     /// `node` was loaded from a place that owned a reference on it, under `guard`, so its
     /// memory stays valid for `'g` (it can only be freed after the guard is dropped).
     #[inline]
-    pub(crate) unsafe fn new(node: NonNull<Node<P>>, _guard: &'g Guard<'_>) -> Self {
+    pub(crate) unsafe fn new(node: NonNull<Node<P, K>>, _guard: &'g Guard<'_>) -> Self {
         Self { node, _guard: PhantomData }
     }
 
     #[inline]
-    fn node(&self) -> &'g Node<P> {
+    fn node(&self) -> &'g Node<P, K> {
         // SAFETY: valid for 'g by construction (see `new`).
         unsafe { &*self.node.as_ptr() }
     }
@@ -521,7 +523,7 @@ impl<'g, P: CpuProvider> GroupRef<'g, P> {
 
     /// A handle, unless the group's count already reached zero (`css_tryget`).
     #[must_use]
-    pub fn tryget(&self) -> Option<Group<P>> {
+    pub fn tryget(&self) -> Option<Group<P, K>> {
         let node = self.node();
         if node.refs.tryget(node.hint()) {
             // SAFETY: the reference just taken is the handle's.
@@ -534,7 +536,7 @@ impl<'g, P: CpuProvider> GroupRef<'g, P> {
     /// A handle, unless the group is offline (`css_tryget_online`): for lookups whose
     /// result will be charged in the future.
     #[must_use]
-    pub fn tryget_online(&self) -> Option<Group<P>> {
+    pub fn tryget_online(&self) -> Option<Group<P, K>> {
         let node = self.node();
         if node.refs.tryget_live(node.hint()) {
             // SAFETY: the reference just taken is the handle's.
@@ -546,12 +548,12 @@ impl<'g, P: CpuProvider> GroupRef<'g, P> {
 
     /// Whether this is the same group as `group`.
     #[must_use]
-    pub fn is(&self, group: &Group<P>) -> bool {
+    pub fn is(&self, group: &Group<P, K>) -> bool {
         self.node == group.node
     }
 }
 
-impl<P: CpuProvider> fmt::Debug for GroupRef<'_, P> {
+impl<P: CpuProvider, const K: usize> fmt::Debug for GroupRef<'_, P, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GroupRef").field("id", &self.id()).field("online", &self.is_online()).finish()
     }

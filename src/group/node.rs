@@ -41,29 +41,29 @@ pub(crate) const ONLINE: u8 = 0;
 pub(crate) const OFFLINE: u8 = 1;
 
 /// Links of the child lists; only touched with the tree's `topology` flag held.
-pub(crate) struct Topo<P: CpuProvider> {
-    pub(crate) first_child: *mut Node<P>,
-    pub(crate) next: *mut Node<P>,
-    pub(crate) prev: *mut Node<P>,
+pub(crate) struct Topo<P: CpuProvider, const K: usize> {
+    pub(crate) first_child: *mut Node<P, K>,
+    pub(crate) next: *mut Node<P, K>,
+    pub(crate) prev: *mut Node<P, K>,
     pub(crate) online_children: usize,
 }
 
 /// A group's heap node.
-pub(crate) struct Node<P: CpuProvider> {
+pub(crate) struct Node<P: CpuProvider, const K: usize> {
     pub(crate) counter: Counter<'static>,
     pub(crate) refs: RefCount,
-    pub(crate) tree: NonNull<TreeInner<P>>,
-    pub(crate) parent: Option<NonNull<Node<P>>>,
+    pub(crate) tree: NonNull<TreeInner<P, K>>,
+    pub(crate) parent: Option<NonNull<Node<P, K>>>,
     pub(crate) id: GroupId,
     pub(crate) name: Option<Box<str>>,
     pub(crate) state: AtomicU8,
     pub(crate) events: Events,
-    pub(crate) topo: UnsafeCell<Topo<P>>,
+    pub(crate) topo: UnsafeCell<Topo<P, K>>,
     /// Link of the tree's released list (a Treiber stack).
-    pub(crate) next_released: AtomicPtr<Node<P>>,
+    pub(crate) next_released: AtomicPtr<Node<P, K>>,
 }
 
-impl<P: CpuProvider> Node<P> {
+impl<P: CpuProvider, const K: usize> Node<P, K> {
     /// Allocates a node with `initial` references.
     ///
     /// # Safety
@@ -71,13 +71,13 @@ impl<P: CpuProvider> Node<P> {
     /// `tree` must outlive the node, and so must `parent` (the caller gives the node one
     /// reference on it, dropped in [`Node::free`]).
     pub(crate) unsafe fn alloc(
-        tree: NonNull<TreeInner<P>>,
-        parent: Option<NonNull<Node<P>>>,
+        tree: NonNull<TreeInner<P, K>>,
+        parent: Option<NonNull<Node<P, K>>>,
         id: GroupId,
         spec: &GroupSpec<'_>,
         initial: usize,
         shards: usize,
-    ) -> Result<NonNull<Node<P>>, GroupError> {
+    ) -> Result<NonNull<Node<P, K>>, GroupError> {
         let parent_counter: Option<&'static Counter<'static>> = parent.map(|p| {
             // SAFETY: the parent node outlives this node (caller's obligation: the child owns
             // a reference on it until `free`), so extending the borrow of its counter to
@@ -118,14 +118,14 @@ impl<P: CpuProvider> Node<P> {
     }
 
     #[inline]
-    pub(crate) fn tree(&self) -> &TreeInner<P> {
+    pub(crate) fn tree(&self) -> &TreeInner<P, K> {
         // SAFETY: the tree outlives every node (it is freed after the root, which is freed
         // after every other node).
         unsafe { self.tree.as_ref() }
     }
 
     #[inline]
-    pub(crate) fn parent(&self) -> Option<&Node<P>> {
+    pub(crate) fn parent(&self) -> Option<&Node<P, K>> {
         // SAFETY: this node owns a reference on its parent until it is freed.
         self.parent.map(|p| unsafe { &*p.as_ptr() })
     }
@@ -141,6 +141,18 @@ impl<P: CpuProvider> Node<P> {
         // ORDERING: Acquire pairs with the Release store in `offline`, so a reader that sees
         // OFFLINE also sees the zeroed protection.
         self.state.load(Ordering::Acquire) == ONLINE
+    }
+
+    /// Whether `ancestor` is this node or one of its ancestors.
+    pub(crate) fn is_descendant_of(&self, ancestor: &Node<P, K>) -> bool {
+        let mut n = Some(self);
+        while let Some(x) = n {
+            if core::ptr::eq(x, ancestor) {
+                return true;
+            }
+            n = x.parent();
+        }
+        false
     }
 
     /// Raises `event` on this node: local count here, hierarchical count here and on every

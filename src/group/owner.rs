@@ -31,6 +31,7 @@ use super::{Group, GroupId, GroupRef, Tree};
 use crate::counter::ChargeError;
 use crate::cpu::{CpuProvider, DefaultCpus};
 use crate::epoch::Guard;
+use crate::stock::STOCK_SLOTS;
 use crate::sync::atomic::{AtomicPtr, Ordering};
 
 /// A pointer from an object to its group, owning one reference (or empty).
@@ -61,15 +62,15 @@ use crate::sync::atomic::{AtomicPtr, Ordering};
 /// drop(held);
 /// # b.counter().uncharge(10);
 /// ```
-pub struct OwnerCell<P: CpuProvider = DefaultCpus> {
-    ptr: AtomicPtr<Node<P>>,
+pub struct OwnerCell<P: CpuProvider = DefaultCpus, const K: usize = STOCK_SLOTS> {
+    ptr: AtomicPtr<Node<P, K>>,
     tree: usize,
 }
 
 // SAFETY: the cell owns a reference (sendable, like a `Group`) and an identity word.
-unsafe impl<P: CpuProvider> Send for OwnerCell<P> {}
+unsafe impl<P: CpuProvider, const K: usize> Send for OwnerCell<P, K> {}
 // SAFETY: all access goes through the atomic pointer (protocol O).
-unsafe impl<P: CpuProvider> Sync for OwnerCell<P> {}
+unsafe impl<P: CpuProvider, const K: usize> Sync for OwnerCell<P, K> {}
 
 /// Why a move was refused. Nothing changed (the target was not left charged).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,10 +114,10 @@ impl fmt::Display for MoveError {
 
 impl core::error::Error for MoveError {}
 
-impl<P: CpuProvider> OwnerCell<P> {
+impl<P: CpuProvider, const K: usize> OwnerCell<P, K> {
     /// An empty cell for groups of `tree`.
     #[must_use]
-    pub fn empty(tree: &Tree<P>) -> Self {
+    pub fn empty(tree: &Tree<P, K>) -> Self {
         // SAFETY: the handle owns a share of the tree; we only read its identity.
         let identity = unsafe { tree.inner_ptr().as_ref() }.identity();
         Self { ptr: AtomicPtr::new(ptr::null_mut()), tree: identity }
@@ -124,7 +125,7 @@ impl<P: CpuProvider> OwnerCell<P> {
 
     /// A cell holding `group`'s reference.
     #[must_use]
-    pub fn new(group: Group<P>) -> Self {
+    pub fn new(group: Group<P, K>) -> Self {
         let tree = group.node().tree().identity();
         Self { ptr: AtomicPtr::new(group.into_node().as_ptr()), tree }
     }
@@ -145,7 +146,7 @@ impl<P: CpuProvider> OwnerCell<P> {
     }
 
     #[track_caller]
-    fn check_group(&self, group: &Group<P>) {
+    fn check_group(&self, group: &Group<P, K>) {
         assert!(
             group.node().tree().identity() == self.tree,
             "chargetree: an owner cell holds groups of one tree only"
@@ -159,7 +160,7 @@ impl<P: CpuProvider> OwnerCell<P> {
     /// If `guard` belongs to another tree.
     #[must_use]
     #[track_caller]
-    pub fn load<'g>(&self, guard: &'g Guard<'_>) -> Option<GroupRef<'g, P>> {
+    pub fn load<'g>(&self, guard: &'g Guard<'_>) -> Option<GroupRef<'g, P, K>> {
         self.check_guard(guard);
         // ORDERING: Acquire pairs with the Release half of the swaps and CAS that stored the
         // pointer, so the node's initialisation is visible.
@@ -177,7 +178,7 @@ impl<P: CpuProvider> OwnerCell<P> {
     /// If `guard` belongs to another tree.
     #[must_use]
     #[track_caller]
-    pub fn get(&self, guard: &Guard<'_>) -> Option<Group<P>> {
+    pub fn get(&self, guard: &Guard<'_>) -> Option<Group<P, K>> {
         loop {
             let r = self.load(guard)?;
             if let Some(g) = r.tryget() {
@@ -195,7 +196,7 @@ impl<P: CpuProvider> OwnerCell<P> {
     ///
     /// If `group` belongs to another tree.
     #[track_caller]
-    pub fn replace(&self, group: Option<Group<P>>) -> Option<Group<P>> {
+    pub fn replace(&self, group: Option<Group<P, K>>) -> Option<Group<P, K>> {
         let new = match group {
             Some(g) => {
                 self.check_group(&g);
@@ -212,7 +213,7 @@ impl<P: CpuProvider> OwnerCell<P> {
 
     /// Empties the cell, returning its group (for example when the object is freed, to
     /// uncharge it).
-    pub fn take(&self) -> Option<Group<P>> {
+    pub fn take(&self) -> Option<Group<P, K>> {
         self.replace(None)
     }
 
@@ -222,7 +223,7 @@ impl<P: CpuProvider> OwnerCell<P> {
     /// reference. See the module docs for why no lock is needed.
     ///
     /// Moving to the group the cell already points at succeeds and changes nothing.
-    pub fn move_charge(&self, to: &Group<P>, amount: usize) -> Result<(), MoveError> {
+    pub fn move_charge(&self, to: &Group<P, K>, amount: usize) -> Result<(), MoveError> {
         // ORDERING: Acquire, as in `load`. The pointer is only compared, never dereferenced,
         // until the exchange below has given us its reference.
         let from = self.ptr.load(Ordering::Acquire);
@@ -271,13 +272,13 @@ impl<P: CpuProvider> OwnerCell<P> {
     }
 }
 
-impl<P: CpuProvider> Drop for OwnerCell<P> {
+impl<P: CpuProvider, const K: usize> Drop for OwnerCell<P, K> {
     fn drop(&mut self) {
         drop(self.take());
     }
 }
 
-impl<P: CpuProvider> fmt::Debug for OwnerCell<P> {
+impl<P: CpuProvider, const K: usize> fmt::Debug for OwnerCell<P, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OwnerCell").field("empty", &self.is_empty()).finish_non_exhaustive()
     }

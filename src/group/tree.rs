@@ -10,7 +10,10 @@ use core::ptr::{self, NonNull};
 use super::node::Node;
 use super::{Group, GroupId, GroupSpec};
 use crate::cpu::{CpuProvider, DefaultCpus};
+use crate::engine::{DEFAULT_RETRIES, Reclaimer};
 use crate::epoch::{Epoch, Guard, Participant};
+use crate::stock::STOCK_SLOTS;
+use crate::stock::{DEFAULT_BATCH, Stocks};
 use crate::sync::SpinFlag;
 use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering, fence};
 
@@ -39,33 +42,55 @@ pub trait Observer: Send + Sync {
 }
 
 /// How a [`Tree`] is built.
-pub struct TreeConfig<P: CpuProvider = DefaultCpus> {
+pub struct TreeConfig<P: CpuProvider = DefaultCpus, const K: usize = STOCK_SLOTS> {
     cpus: P,
     refcount_shards: Option<usize>,
     root: GroupSpec<'static>,
     observer: Option<Box<dyn Observer>>,
+    batch: usize,
+    max_retries: usize,
+    reclaimer: Option<Box<dyn Reclaimer<P, K>>>,
 }
 
-impl<P: CpuProvider + Default> Default for TreeConfig<P> {
+impl<P: CpuProvider + Default> Default for TreeConfig<P, STOCK_SLOTS> {
     fn default() -> Self {
         Self::with_cpus(P::default())
     }
 }
 
-impl TreeConfig<DefaultCpus> {
+impl TreeConfig<DefaultCpus, STOCK_SLOTS> {
     /// The default configuration: the default CPU provider, reference counts sharded over
-    /// as many CPUs as it has (up to 16), an unlimited root.
+    /// as many CPUs as it has (up to 16), stocks of [`STOCK_SLOTS`] groups per CPU with a
+    /// batch of [`DEFAULT_BATCH`] units, 16 reclaim retries, no reclaimer, an unlimited root.
     #[must_use]
     pub fn new() -> Self {
         Self::with_cpus(DefaultCpus::default())
     }
 }
 
-impl<P: CpuProvider> TreeConfig<P> {
-    /// A configuration using `cpus` as the CPU provider.
+impl<P: CpuProvider> TreeConfig<P, STOCK_SLOTS> {
+    /// A configuration using `cpus` as the CPU provider and [`STOCK_SLOTS`] stock entries per
+    /// CPU.
     #[must_use]
     pub fn with_cpus(cpus: P) -> Self {
-        Self { cpus, refcount_shards: None, root: GroupSpec::new().name("root"), observer: None }
+        Self::with_cpus_and_slots(cpus)
+    }
+}
+
+impl<P: CpuProvider, const K: usize> TreeConfig<P, K> {
+    /// A configuration using `cpus` as the CPU provider and `K` stock entries per CPU
+    /// (`TreeConfig::<_, 4>::with_cpus_and_slots(cpus)`).
+    #[must_use]
+    pub fn with_cpus_and_slots(cpus: P) -> Self {
+        Self {
+            cpus,
+            refcount_shards: None,
+            root: GroupSpec::new().name("root"),
+            observer: None,
+            batch: DEFAULT_BATCH,
+            max_retries: DEFAULT_RETRIES,
+            reclaimer: None,
+        }
     }
 
     /// Spreads each group's reference count over `shards` per-CPU shards (rounded up to a
@@ -90,9 +115,35 @@ impl<P: CpuProvider> TreeConfig<P> {
         self.observer = Some(Box::new(observer));
         self
     }
+
+    /// Units pre-charged per counter walk and cached per CPU and group at most (Linux's
+    /// `MEMCG_CHARGE_BATCH`, default [`DEFAULT_BATCH`]). 0 disables the stocks. Stocked units
+    /// are charged but unused, so a group's usage may exceed what its objects hold by up to
+    /// `batch × CPUs`; they are returned by drains (which the charge path runs before
+    /// failing).
+    #[must_use]
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// How many times the charge engine retries after reclaim before failing (Linux's
+    /// `MAX_RECLAIM_RETRIES`, default 16).
+    #[must_use]
+    pub fn max_retries(mut self, retries: usize) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Installs the hook the charge engine calls when a group is over its limit.
+    #[must_use]
+    pub fn reclaimer(mut self, reclaimer: impl Reclaimer<P, K> + 'static) -> Self {
+        self.reclaimer = Some(Box::new(reclaimer));
+        self
+    }
 }
 
-impl<P: CpuProvider> fmt::Debug for TreeConfig<P> {
+impl<P: CpuProvider, const K: usize> fmt::Debug for TreeConfig<P, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TreeConfig")
             .field("cpus", &self.cpus.count())
@@ -113,6 +164,8 @@ pub struct TreeStats {
     pub released: usize,
     /// Groups whose memory was freed.
     pub freed: usize,
+    /// Charges forced past a limit because the caller asked for no-fail.
+    pub forced: usize,
 }
 
 impl TreeStats {
@@ -125,13 +178,13 @@ impl TreeStats {
 
 /// The shared state of a tree. Owned jointly by the [`Tree`] handle and the root node (the
 /// root is freed after every other node, so the tree outlives all of them).
-pub(crate) struct TreeInner<P: CpuProvider> {
+pub(crate) struct TreeInner<P: CpuProvider, const K: usize> {
     pub(crate) cpus: P,
     pub(crate) epoch: Epoch,
     pub(crate) shards: usize,
     /// Guards every node's child links and online-children count.
     pub(crate) topology: SpinFlag,
-    released: AtomicPtr<Node<P>>,
+    released: AtomicPtr<Node<P, K>>,
     next_id: AtomicUsize,
     created: AtomicUsize,
     offlined: AtomicUsize,
@@ -143,18 +196,22 @@ pub(crate) struct TreeInner<P: CpuProvider> {
     detached: AtomicBool,
     /// Set (under `topology`) when the tree starts to be dropped: no new groups.
     pub(crate) closing: AtomicBool,
-    root: AtomicPtr<Node<P>>,
+    root: AtomicPtr<Node<P, K>>,
     observer: Option<Box<dyn Observer>>,
+    pub(crate) stocks: Stocks<P, K>,
+    pub(crate) max_retries: usize,
+    pub(crate) reclaimer: Option<Box<dyn Reclaimer<P, K>>>,
+    forced: AtomicUsize,
 }
 
 // SAFETY: the raw pointers are to nodes whose shared fields are atomics or are guarded by
 // `topology`; `observer` is `Send + Sync`; `P` is `Send + Sync` (`CpuProvider` bound); the
 // collector is `Send + Sync`.
-unsafe impl<P: CpuProvider> Send for TreeInner<P> {}
+unsafe impl<P: CpuProvider, const K: usize> Send for TreeInner<P, K> {}
 // SAFETY: see `Send`.
-unsafe impl<P: CpuProvider> Sync for TreeInner<P> {}
+unsafe impl<P: CpuProvider, const K: usize> Sync for TreeInner<P, K> {}
 
-impl<P: CpuProvider> TreeInner<P> {
+impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
     pub(crate) fn next_id(&self) -> GroupId {
         // ORDERING: Relaxed; uniqueness only needs the RMW.
         GroupId(self.next_id.fetch_add(1, Ordering::Relaxed))
@@ -176,6 +233,23 @@ impl<P: CpuProvider> TreeInner<P> {
         }
     }
 
+    pub(crate) fn note_forced(&self) {
+        self.forced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drains every CPU's stock entries of `root`'s subtree (all entries for `None`),
+    /// waiting for a concurrent drain to finish instead of skipping (for offline and
+    /// teardown, which want the references back). Not for allocator paths.
+    pub(crate) fn drain_stocks_blocking(&self, root: Option<&Node<P, K>>) -> usize {
+        loop {
+            let r = self.stocks.drain_all(|n| root.is_none_or(|r| n.is_descendant_of(r)));
+            if let Some(units) = r {
+                return units;
+            }
+            crate::sync::spin_loop();
+        }
+    }
+
     pub(crate) fn note_freed(&self, id: GroupId) {
         self.freed.fetch_add(1, Ordering::Relaxed);
         if let Some(o) = &self.observer {
@@ -190,6 +264,7 @@ impl<P: CpuProvider> TreeInner<P> {
             offlined: self.offlined.load(Ordering::Relaxed),
             released: self.released_count.load(Ordering::Relaxed),
             freed: self.freed.load(Ordering::Relaxed),
+            forced: self.forced.load(Ordering::Relaxed),
         }
     }
 
@@ -198,7 +273,7 @@ impl<P: CpuProvider> TreeInner<P> {
     /// would reclaim: the caller should call [`TreeInner::pump_detached`] unless it runs
     /// inside the collector.
     #[must_use]
-    pub(crate) fn push_released(&self, node: NonNull<Node<P>>) -> bool {
+    pub(crate) fn push_released(&self, node: NonNull<Node<P, K>>) -> bool {
         // ORDERING: Relaxed initial load; the CAS publishes.
         let mut head = self.released.load(Ordering::Relaxed);
         loop {
@@ -335,10 +410,10 @@ impl<P: CpuProvider> TreeInner<P> {
 }
 
 /// A pointer moved into a deferred closure.
-struct SendPtr<P: CpuProvider>(NonNull<Node<P>>);
+struct SendPtr<P: CpuProvider, const K: usize>(NonNull<Node<P, K>>);
 // SAFETY: the node is released and handed to exactly one deferred call, which may run on any
 // thread; nodes are `Sync` in all the fields `free` touches.
-unsafe impl<P: CpuProvider> Send for SendPtr<P> {}
+unsafe impl<P: CpuProvider, const K: usize> Send for SendPtr<P, K> {}
 
 /// A hierarchy of groups with its own root, configuration, CPU provider and epoch collector.
 ///
@@ -360,18 +435,18 @@ unsafe impl<P: CpuProvider> Send for SendPtr<P> {}
 /// drop(vm);
 /// tree.reclaim();
 /// ```
-pub struct Tree<P: CpuProvider = DefaultCpus> {
-    inner: NonNull<TreeInner<P>>,
-    _owns: PhantomData<TreeInner<P>>,
+pub struct Tree<P: CpuProvider = DefaultCpus, const K: usize = STOCK_SLOTS> {
+    inner: NonNull<TreeInner<P, K>>,
+    _owns: PhantomData<TreeInner<P, K>>,
 }
 
 // SAFETY: `TreeInner` is `Send + Sync`; the handle is a shared owner.
-unsafe impl<P: CpuProvider> Send for Tree<P> {}
+unsafe impl<P: CpuProvider, const K: usize> Send for Tree<P, K> {}
 // SAFETY: see `Send`.
-unsafe impl<P: CpuProvider> Sync for Tree<P> {}
+unsafe impl<P: CpuProvider, const K: usize> Sync for Tree<P, K> {}
 
 #[cfg(all(feature = "std", not(loom)))]
-impl Tree<DefaultCpus> {
+impl Tree<DefaultCpus, STOCK_SLOTS> {
     /// A tree with the default configuration.
     #[must_use]
     pub fn new() -> Self {
@@ -380,24 +455,25 @@ impl Tree<DefaultCpus> {
 }
 
 #[cfg(all(feature = "std", not(loom)))]
-impl Default for Tree<DefaultCpus> {
+impl Default for Tree<DefaultCpus, STOCK_SLOTS> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<P: CpuProvider> Tree<P> {
+impl<P: CpuProvider, const K: usize> Tree<P, K> {
     /// A tree built from `config`.
     ///
     /// # Panics
     ///
     /// If the root spec's limits are above [`COUNTER_MAX`](crate::COUNTER_MAX).
     #[must_use]
-    pub fn with_config(config: TreeConfig<P>) -> Self {
+    pub fn with_config(config: TreeConfig<P, K>) -> Self {
         if let Err(e) = config.root.validate() {
             panic!("chargetree: invalid root spec: {e}");
         }
         let shards = config.refcount_shards.unwrap_or_else(|| config.cpus.count().clamp(1, 16));
+        let stocks = Stocks::new(config.cpus.count(), config.batch);
         let inner = NonNull::from(Box::leak(Box::new(TreeInner {
             cpus: config.cpus,
             epoch: Epoch::new(),
@@ -414,6 +490,10 @@ impl<P: CpuProvider> Tree<P> {
             closing: AtomicBool::new(false),
             root: AtomicPtr::new(ptr::null_mut()),
             observer: config.observer,
+            stocks,
+            max_retries: config.max_retries,
+            reclaimer: config.reclaimer,
+            forced: AtomicUsize::new(0),
         })));
         // SAFETY: just allocated.
         let tree = unsafe { inner.as_ref() };
@@ -428,19 +508,19 @@ impl<P: CpuProvider> Tree<P> {
     }
 
     #[inline]
-    fn inner(&self) -> &TreeInner<P> {
+    pub(crate) fn inner(&self) -> &TreeInner<P, K> {
         // SAFETY: the handle owns a share of the tree.
         unsafe { self.inner.as_ref() }
     }
 
-    fn root_node(&self) -> NonNull<Node<P>> {
+    fn root_node(&self) -> NonNull<Node<P, K>> {
         // ORDERING: Acquire pairs with the Release store in `with_config`.
         NonNull::new(self.inner().root.load(Ordering::Acquire)).expect("root is set at creation")
     }
 
     /// A handle to the root group.
     #[must_use]
-    pub fn root(&self) -> Group<P> {
+    pub fn root(&self) -> Group<P, K> {
         let root = self.root_node();
         // SAFETY: the root is online while the tree handle exists (its base reference is
         // only dropped in `Tree::drop`), so taking a reference is legal.
@@ -498,7 +578,7 @@ impl<P: CpuProvider> Tree<P> {
         participant.owner() == self.inner().identity()
     }
 
-    pub(crate) fn inner_ptr(&self) -> NonNull<TreeInner<P>> {
+    pub(crate) fn inner_ptr(&self) -> NonNull<TreeInner<P, K>> {
         self.inner
     }
 
@@ -516,7 +596,7 @@ impl<P: CpuProvider> Tree<P> {
 
     /// Every group of the tree, in pre-order, each as an owned handle (allocates a `Vec`).
     #[must_use]
-    pub fn groups(&self) -> Vec<Group<P>> {
+    pub fn groups(&self) -> Vec<Group<P, K>> {
         let mut out = Vec::new();
         let mut cursor = Some(self.root());
         while let Some(g) = cursor {
@@ -527,13 +607,15 @@ impl<P: CpuProvider> Tree<P> {
     }
 }
 
-impl<P: CpuProvider> Drop for Tree<P> {
+impl<P: CpuProvider, const K: usize> Drop for Tree<P, K> {
     fn drop(&mut self) {
         {
             let _topology = self.inner().topology.lock();
             // ORDERING: Relaxed; read and written under the topology flag.
             self.inner().closing.store(true, Ordering::Relaxed);
         }
+        // Give every cached unit and stock reference back.
+        self.inner().drain_stocks_blocking(None);
         // Take every group offline, children first (post-order = reverse pre-order). No
         // group can be created from here on, so the snapshot is complete.
         let groups = self.groups();
@@ -569,7 +651,7 @@ impl<P: CpuProvider> Drop for Tree<P> {
     }
 }
 
-impl<P: CpuProvider> fmt::Debug for Tree<P> {
+impl<P: CpuProvider, const K: usize> fmt::Debug for Tree<P, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tree").field("stats", &self.stats()).finish_non_exhaustive()
     }

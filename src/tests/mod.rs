@@ -5,6 +5,8 @@
 mod loom_counter;
 #[cfg(all(loom, crossbeam_loom, feature = "alloc"))]
 mod loom_group;
+#[cfg(all(loom, crossbeam_loom, feature = "alloc"))]
+mod loom_stock;
 #[cfg(not(loom))]
 mod properties;
 

@@ -1,0 +1,452 @@
+//! The charge engine (Linux's `try_charge_memcg`, library-shaped): the stock fast path, the
+//! batched counter walk, and the slow path with reclaim, drain and bounded retries.
+//!
+//! # Algorithm (`memcg-semantics.md` §2.2)
+//!
+//! 1. **Fast path**: take `n` from this CPU's stock entry for the group. No counter, no
+//!    shared cache line, no `high` check.
+//! 2. Charge `batch = max(tree batch, n)` to the counters (the stock is bypassed for
+//!    `n > batch`). On success, refill this CPU's stock with `batch − n`, check `high`, done.
+//! 3. On failure with `batch > n`: retry with exactly `n` (a smaller charge may fit where the
+//!    batch did not), after another look at the stock.
+//! 4. The failing group (`over`) is the lowest ancestor-or-self whose `max` refused: raise
+//!    its [`Event::Max`] (once per charge), call the tree's [`Reclaimer`] on it, and retry if
+//!    its margin now fits `n`.
+//! 5. Else drain every CPU's stock entries of `over`'s subtree (once per charge), retry.
+//! 6. Else retry up to the tree's retry budget (default 16), each round reclaiming again.
+//! 7. Then fail with [`ChargeFailure::Limit`] naming `over`, its limit and its usage, and
+//!    raise its [`Event::Oom`]; or, for a no-fail charge, force exactly `n` past the limit
+//!    (counted in [`TreeStats::forced`](crate::group::TreeStats::forced)).
+//!
+//! [`ChargeOptions::no_reclaim`] skips steps 4–6 (for contexts that cannot block);
+//! [`ChargeOptions::no_retry`] stops after one reclaim and one drain.
+//!
+//! # Over `high`
+//!
+//! A charge that walked the counters and left a group above its `high` succeeds and reports
+//! the lowest such group and its excess in [`Charged::over_high`], raising that group's
+//! [`Event::High`], so an allocator can throttle or reclaim (Linux defers this to the return
+//! to user space; a library tells its caller). Stock hits are not checked, as in Linux: the
+//! units they hand out were counted when the batch was charged.
+//!
+//! # Panicking reclaimers
+//!
+//! The reclaimer is called with nothing half-done: every speculative charge has been rolled
+//! back and no stock slot is held, so a panic unwinding through the engine leaves every
+//! counter balanced (`tests/engine.rs` checks it).
+
+use core::fmt;
+use core::ptr::NonNull;
+
+use crate::counter::{COUNTER_MAX, ChargeError, LimitError};
+use crate::cpu::CpuProvider;
+use crate::group::node::Node;
+use crate::group::{Event, Group, GroupId, Tree};
+
+/// Linux's `MAX_RECLAIM_RETRIES`.
+pub const DEFAULT_RETRIES: usize = 16;
+
+/// What the charge engine calls when a group is over its limit: free what you can.
+///
+/// `group` is the group whose limit refused (the charged group or one of its ancestors);
+/// `amount` is how much the charge needs. Return how many units were freed (uncharged); the
+/// engine only uses it as a progress signal and re-checks the margin itself.
+///
+/// It runs on the charging thread, in whatever context the charge was made: inside a global
+/// allocator it must not allocate. It may panic; the engine stays consistent.
+pub trait Reclaimer<P: CpuProvider, const K: usize>: Send + Sync {
+    /// Frees up to `amount` units charged to `group`'s subtree; returns the units freed.
+    fn reclaim(&self, group: &Group<P, K>, amount: usize) -> usize;
+}
+
+/// How a charge may behave under pressure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ChargeOptions {
+    /// Never fail: after reclaim and retries, force the charge past the limit (counted).
+    pub no_fail: bool,
+    /// Do not call the reclaimer nor drain stocks (contexts that cannot block).
+    pub no_reclaim: bool,
+    /// Reclaim and drain once, but do not retry further.
+    pub no_retry: bool,
+}
+
+impl ChargeOptions {
+    /// The default: reclaim, drain, retry, then fail.
+    pub const DEFAULT: Self = Self { no_fail: false, no_reclaim: false, no_retry: false };
+    /// Force the charge if it cannot be satisfied otherwise.
+    #[must_use]
+    pub const fn no_fail(mut self) -> Self {
+        self.no_fail = true;
+        self
+    }
+    /// Do not reclaim or drain.
+    #[must_use]
+    pub const fn no_reclaim(mut self) -> Self {
+        self.no_reclaim = true;
+        self
+    }
+    /// Do not retry after the first reclaim and drain.
+    #[must_use]
+    pub const fn no_retry(mut self) -> Self {
+        self.no_retry = true;
+        self
+    }
+}
+
+/// A group left above its `high` threshold by a charge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OverHigh {
+    /// The lowest group on the path that is above its `high`.
+    pub group: GroupId,
+    /// Its usage after the charge.
+    pub usage: usize,
+    /// Its `high`.
+    pub high: usize,
+}
+
+impl OverHigh {
+    /// By how much the group is over its `high`.
+    #[must_use]
+    pub fn excess(&self) -> usize {
+        self.usage - self.high
+    }
+}
+
+/// A successful charge.
+#[must_use = "a charge can leave a group over its `high`; check `over_high`"]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Charged {
+    /// Set if the charge left a group above its `high`.
+    pub over_high: Option<OverHigh>,
+    /// Set if the charge was forced past a limit (no-fail).
+    pub forced: bool,
+}
+
+/// Why a charge failed. Nothing stays charged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChargeFailure {
+    /// `group` (the charged group or an ancestor) stayed at its limit through reclaim,
+    /// drain and retries.
+    Limit {
+        /// The group whose limit refused.
+        group: GroupId,
+        /// Its limit.
+        max: usize,
+        /// Its usage at the last attempt.
+        usage: usize,
+        /// The amount asked for.
+        requested: usize,
+    },
+    /// The amount is above [`COUNTER_MAX`].
+    TooLarge {
+        /// The amount asked for.
+        requested: usize,
+    },
+    /// A no-fail charge would have put a counter above [`COUNTER_MAX`].
+    Overflow {
+        /// The amount asked for.
+        requested: usize,
+    },
+}
+
+impl fmt::Display for ChargeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChargeFailure::Limit { group, max, usage, requested } => {
+                write!(f, "group {group} is at its limit: max {max}, usage {usage}, asked {requested}")
+            }
+            ChargeFailure::TooLarge { requested } => {
+                write!(f, "amount {requested} is above the counter maximum {COUNTER_MAX}")
+            }
+            ChargeFailure::Overflow { requested } => {
+                write!(f, "forcing {requested} would overflow the counter maximum {COUNTER_MAX}")
+            }
+        }
+    }
+}
+
+impl core::error::Error for ChargeFailure {}
+
+/// What a [`Group::walk_reclaim`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ReclaimWalk {
+    /// Units the visitor reported freed.
+    pub reclaimed: usize,
+    /// Groups visited.
+    pub visited: usize,
+    /// Groups skipped because usage ≤ effective `min` (hard protection).
+    pub skipped_min: usize,
+    /// Groups skipped on the first pass because usage ≤ effective `low`.
+    pub skipped_low: usize,
+    /// Whether a second pass reclaimed from low-protected groups (each raised
+    /// [`Event::Low`]).
+    pub low_pass: bool,
+}
+
+impl<P: CpuProvider, const K: usize> Group<P, K> {
+    /// Charges `n` units: stock fast path, then the counters, then reclaim and retries (see
+    /// the engine docs). Same as `charge_with(n, ChargeOptions::DEFAULT)`.
+    ///
+    /// ```
+    /// use chargetree::group::{GroupSpec, Tree};
+    ///
+    /// let tree = Tree::new();
+    /// let g = tree.root().create_child(GroupSpec::new().max(100).high(50)).unwrap();
+    /// // One walk charges a batch of 64: 60 for the caller, 4 cached in this CPU's stock.
+    /// let c = g.try_charge(60).unwrap();
+    /// assert_eq!((g.counter().usage(), g.cached_units()), (64, 4));
+    /// assert_eq!(c.over_high.unwrap().excess(), 14); // told, not refused
+    /// assert!(g.try_charge(50).is_err()); // refused, even after draining the stocks
+    /// g.uncharge(60);
+    /// ```
+    #[inline]
+    pub fn try_charge(&self, n: usize) -> Result<Charged, ChargeFailure> {
+        self.charge_with(n, ChargeOptions::DEFAULT)
+    }
+
+    /// Charges `n` units with `options`.
+    #[inline]
+    pub fn charge_with(&self, n: usize, options: ChargeOptions) -> Result<Charged, ChargeFailure> {
+        let tree = self.node().tree();
+        let cpu = tree.cpus.current();
+        if tree.stocks.consume(cpu, self.node_ptr(), n) {
+            return Ok(Charged::default());
+        }
+        self.charge_slow(cpu, n, options)
+    }
+
+    /// Uncharges `n` units: into this CPU's stock if it caches the group (above the batch the
+    /// excess goes to the counters), else straight from the counters.
+    ///
+    /// Uncharging more than was charged is a caller bug; the counters clamp it when the units
+    /// reach them (immediately, or when the stock entry is drained), count it in
+    /// [`Counter::underflows`](crate::counter::Counter::underflows), and debug builds assert.
+    #[inline]
+    pub fn uncharge(&self, n: usize) {
+        let tree = self.node().tree();
+        if !tree.stocks.uncharge_cached(tree.cpus.current(), self.node_ptr(), n) {
+            self.counter().uncharge(n);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn charge_slow(
+        &self,
+        cpu: Option<usize>,
+        n: usize,
+        options: ChargeOptions,
+    ) -> Result<Charged, ChargeFailure> {
+        if n > COUNTER_MAX {
+            return Err(ChargeFailure::TooLarge { requested: n });
+        }
+        let node = self.node();
+        let tree = node.tree();
+        let stocks = &tree.stocks;
+        let mut batch = if stocks.batch == 0 || n > stocks.batch { n } else { stocks.batch };
+        let mut retries = tree.max_retries;
+        let mut drained = false;
+        let mut max_raised = false;
+        let over: &Node<P, K> = loop {
+            let level = match node.counter.try_charge(batch) {
+                Ok(()) => {
+                    if batch > n {
+                        stocks.refill(cpu, self.node_ptr(), batch - n);
+                    }
+                    return Ok(Charged { over_high: self.check_high(), forced: false });
+                }
+                Err(ChargeError::TooLarge { .. }) => return Err(ChargeFailure::TooLarge { requested: n }),
+                Err(ChargeError::Limit { level, .. }) => level,
+            };
+            if batch > n {
+                batch = n;
+                if stocks.consume(cpu, self.node_ptr(), n) {
+                    return Ok(Charged::default());
+                }
+                continue;
+            }
+            let over = node.ancestor(level);
+            if options.no_reclaim {
+                break over;
+            }
+            if !max_raised {
+                over.raise(Event::Max);
+                max_raised = true;
+            }
+            let progress = match &tree.reclaimer {
+                Some(r) => {
+                    // The over-limit group is this group or an ancestor, which this handle
+                    // keeps alive: a plain get is legal.
+                    let over_group = over.handle();
+                    r.reclaim(&over_group, n)
+                }
+                None => 0,
+            };
+            if over.counter.margin() >= n {
+                continue;
+            }
+            if !drained {
+                drained = true;
+                // A drain under way elsewhere returns `None`: it is draining for us too.
+                let _ = stocks.drain_all(|g| g.is_descendant_of(over));
+                continue;
+            }
+            if options.no_retry || retries == 0 {
+                break over;
+            }
+            retries -= 1;
+            let _ = progress;
+        };
+        if options.no_fail {
+            if !max_raised {
+                over.raise(Event::Max);
+            }
+            node.counter.charge(n).map_err(|_| ChargeFailure::Overflow { requested: n })?;
+            tree.note_forced();
+            return Ok(Charged { over_high: self.check_high(), forced: true });
+        }
+        over.raise(Event::Oom);
+        Err(ChargeFailure::Limit {
+            group: over.id,
+            max: over.counter.max(),
+            usage: over.counter.usage(),
+            requested: n,
+        })
+    }
+
+    /// The lowest group on the path above its `high`, raising its [`Event::High`].
+    fn check_high(&self) -> Option<OverHigh> {
+        let mut n = Some(self.node());
+        while let Some(x) = n {
+            let (usage, high) = (x.counter.usage(), x.counter.high());
+            if usage > high {
+                x.raise(Event::High);
+                return Some(OverHigh { group: x.id, usage, high });
+            }
+            n = x.parent();
+        }
+        None
+    }
+
+    /// Sets the hard limit. If units cached in stocks keep the usage above `limit`, drains
+    /// the stocks of this subtree and tries again; [`LimitError::Busy`] if still above.
+    pub fn set_max(&self, limit: usize) -> Result<(), LimitError> {
+        match self.counter().set_max(limit) {
+            Err(LimitError::Busy { .. }) => {
+                self.node().tree().drain_stocks_blocking(Some(self.node()));
+                self.counter().set_max(limit)
+            }
+            other => other,
+        }
+    }
+
+    /// Units of this group cached in the stocks of all CPUs (charged, not yet handed out).
+    /// A racy statistic.
+    #[must_use]
+    pub fn cached_units(&self) -> usize {
+        self.node().tree().stocks.cached_units(self.node_ptr())
+    }
+
+    /// Walks this group's subtree in Linux's reclaim order and protection policy, calling
+    /// `visit(group, still_wanted)` on each group reclaim may take from, until `amount` units
+    /// are reported freed.
+    ///
+    /// Effective protection is computed top-down with this group as the reclaim root
+    /// (`recursive` = cgroup2's `memory_recursiveprot`). A group whose usage is within its
+    /// effective `min` is skipped; one within its effective `low` is skipped on the first
+    /// pass and visited on a second pass (raising its [`Event::Low`]) only if the first pass
+    /// fell short. This group's own protection is ignored (a reclaim target does not shield
+    /// itself). Allocation-free; holds one extra handle at a time.
+    pub fn walk_reclaim(
+        &self,
+        amount: usize,
+        recursive: bool,
+        mut visit: impl FnMut(&Group<P, K>, usize) -> usize,
+    ) -> ReclaimWalk {
+        let mut walk = ReclaimWalk::default();
+        for low_pass in [false, true] {
+            if low_pass && (walk.reclaimed >= amount || walk.skipped_low == 0) {
+                break;
+            }
+            walk.low_pass = low_pass;
+            let mut cursor = Some(self.clone());
+            while let Some(g) = cursor {
+                if walk.reclaimed >= amount {
+                    break;
+                }
+                let c = g.counter();
+                c.calculate_protection(self.counter(), recursive);
+                let usage = c.usage();
+                if usage > 0 {
+                    let target = g.ptr_eq(self);
+                    let visit_it = if target {
+                        true
+                    } else if c.effective_min() >= usage {
+                        if !low_pass {
+                            walk.skipped_min += 1;
+                        }
+                        false
+                    } else if c.effective_low() >= usage {
+                        if low_pass {
+                            g.raise_event(Event::Low);
+                            true
+                        } else {
+                            walk.skipped_low += 1;
+                            false
+                        }
+                    } else {
+                        !low_pass
+                    };
+                    if visit_it {
+                        walk.visited += 1;
+                        walk.reclaimed += visit(&g, amount - walk.reclaimed);
+                    }
+                }
+                cursor = g.next_pre(self);
+            }
+        }
+        walk
+    }
+}
+
+impl<P: CpuProvider, const K: usize> Node<P, K> {
+    /// The ancestor `level` parents up (0 = this node).
+    pub(crate) fn ancestor(&self, level: usize) -> &Node<P, K> {
+        let mut n = self;
+        for _ in 0..level {
+            n = n.parent().expect("level is within the path");
+        }
+        n
+    }
+
+    /// A handle to this node; the caller must know the count is non-zero (it holds a
+    /// reference on this node or a descendant).
+    pub(crate) fn handle(&self) -> Group<P, K> {
+        self.refs.get(self.hint());
+        // SAFETY: the reference just taken is the handle's.
+        unsafe { Group::from_node(NonNull::from(self)) }
+    }
+}
+
+impl<P: CpuProvider, const K: usize> Tree<P, K> {
+    /// Returns every CPU's stocked units of `group`'s subtree to the counters and drops the
+    /// stock references, idle CPUs included. `None` if another drain was under way (this
+    /// call does not wait for it). CPUs inside a stock operation at that moment are skipped.
+    pub fn drain_all(&self, group: &Group<P, K>) -> Option<usize> {
+        let node = group.node();
+        node.tree().stocks.drain_all(|g| g.is_descendant_of(node))
+    }
+
+    /// Returns the calling CPU's stocked units to the counters; returns them.
+    pub fn drain_local(&self) -> usize {
+        let tree = self.inner();
+        tree.stocks.drain_local(tree.cpus.current())
+    }
+
+    /// Whether remote drains use `membarrier(2)`, leaving the stock fast path without any
+    /// fence (else both sides use `fence(SeqCst)`).
+    #[must_use]
+    pub fn stock_is_asymmetric(&self) -> bool {
+        self.inner().stocks.is_asymmetric()
+    }
+}

@@ -1,0 +1,404 @@
+//! The per-CPU charge stock (Linux's `memcg_stock_pcp`): units already charged to the
+//! counters, cached per CPU so that most charges and uncharges touch no shared cache line.
+//!
+//! Each CPU slot caches up to `K` groups (default [`STOCK_SLOTS`]), each with a number of
+//! pre-charged units (at most the tree's batch). Every occupied entry owns one reference to
+//! its group (the 2020 rule: references follow pointers, charges own none).
+//!
+//! * `consume(group, n)`: take `n` units from this CPU's entry for `group`, if it has them.
+//! * `refill(group, n)`: give `n` pre-charged units to this CPU's entry for `group`
+//!   (installing it in a free entry, or evicting the next entry in round-robin order);
+//!   anything above the batch goes back to the counters.
+//! * `uncharge_cached(group, n)`: an uncharge goes to the entry if this CPU caches `group`.
+//! * `drain_local`: return this CPU's units to the counters and drop its references.
+//! * `drain_all(subtree)`: the same for every CPU, taking the entries of `subtree`'s groups
+//!   even from CPUs that are idle (a remote steal); a caller that finds another drain under
+//!   way returns at once instead of piling up.
+//!
+//! # Protocol S (owner vs remote drainer)
+//!
+//! Every slot has two flags: `busy`, written only by the slot's owner (the context the
+//! [`CpuProvider`](crate::cpu::CpuProvider) hands the index to), and `steal`, written only
+//! by a drainer (one at a time: `drain_all` holds the tree's drain flag). The entries are
+//! touched by whoever holds the slot: the owner between `enter` and `exit`, the drainer
+//! between its heavy barrier (having seen `busy == 0`) and clearing `steal`.
+//!
+//! | step | owner (`enter` … `exit`) | drainer (`steal`) |
+//! |------|--------------------------|-------------------|
+//! | 1 | `busy == 1` already → nested context (an interrupt inside an operation): miss, use the counters | `steal = 1` on every slot with an occupied entry |
+//! | 2 | `busy = 1` | heavy barrier (one `membarrier`, or `fence(SeqCst)`), once for all slots |
+//! | 3 | light barrier (compiler fence, or `fence(SeqCst)`) | per slot: `busy == 1` → owner inside: `steal = 0`, skip the slot |
+//! | 4 | `steal == 1` → `busy = 0`, miss (use the counters) | else take the matching entries (units and references) |
+//! | 5 | use the entries | `steal = 0` (Release) |
+//! | 6 | `busy = 0` (Release) | uncharge the units taken, put the references taken |
+//!
+//! Steps 2–3 of each side form a store-buffering pair: the barriers guarantee that the owner
+//! sees `steal == 1` or the drainer sees `busy == 1`, so they never use the entries at the
+//! same time. The `Release` stores pair with the other side's `Acquire` loads of the same
+//! flag, ordering the entry accesses of one holder before the next. The barrier choice
+//! (asymmetric with `membarrier`, or symmetric) is made once per tree; see `barrier.rs`.
+//!
+//! The owner's fast path therefore costs a few plain loads and stores and no atomic
+//! read-modify-write; a drain costs one system call however many CPUs it visits.
+//!
+//! # Invariants (`memcg-semantics.md` §3.4)
+//!
+//! * S1: units in an entry are charged to the entry's group and all its ancestors.
+//! * S2: an entry is occupied ⇔ it owns one reference on its group.
+//! * S3: `0 ≤ units ≤ batch` after every operation.
+//! * S5: `consume` never charges the counters and a miss is silent.
+
+pub(crate) mod barrier;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::ptr::{self, NonNull};
+
+use arrayvec::ArrayVec;
+
+use crate::cpu::CpuProvider;
+use crate::group::node::Node;
+use crate::padded::CachePadded;
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+
+/// The default number of groups a CPU's stock caches (Linux caches 7 in one cache line; 8
+/// entries of a pointer and a word fill two 64-byte lines or one 128-byte pair).
+pub const STOCK_SLOTS: usize = 8;
+
+/// Linux's `MEMCG_CHARGE_BATCH` since v6.1: how many units one counter walk pre-charges.
+pub const DEFAULT_BATCH: usize = 64;
+
+/// The owner-written part of one CPU's stock.
+struct Owned<P: CpuProvider, const K: usize> {
+    busy: AtomicUsize,
+    /// Round-robin eviction cursor (the 2026 `drain_idx` fix for random eviction).
+    next_victim: AtomicUsize,
+    groups: [AtomicPtr<Node<P, K>>; K],
+    units: [AtomicUsize; K],
+}
+
+/// One CPU's stock.
+pub(crate) struct CpuStock<P: CpuProvider, const K: usize> {
+    owned: CachePadded<Owned<P, K>>,
+    /// Written by drainers only; read by the owner on every operation, so it has a line of
+    /// its own that stays shared in the owner's cache.
+    steal: CachePadded<AtomicBool>,
+}
+
+/// Units and references taken out of a stock, returned to the counters after the slot is
+/// released (so slot critical sections stay short).
+type Taken<P, const K: usize> = ArrayVec<(NonNull<Node<P, K>>, usize), K>;
+
+/// Every CPU's stock, plus the drain flag.
+pub(crate) struct Stocks<P: CpuProvider, const K: usize> {
+    cpus: Box<[CpuStock<P, K>]>,
+    pub(crate) batch: usize,
+    asymmetric: bool,
+    draining: AtomicBool,
+}
+
+impl<P: CpuProvider, const K: usize> Stocks<P, K> {
+    /// `count` CPU slots with `batch` units per group at most. `batch == 0` disables stocks
+    /// (every operation then misses: `n > 0 = batch`, and `n == 0` finds nothing to take).
+    pub(crate) fn new(count: usize, batch: usize) -> Self {
+        // Exactly `count` slots, even with stocks disabled: `slot` relies on it.
+        let cpus: Vec<CpuStock<P, K>> = (0..count)
+            .map(|_| CpuStock {
+                owned: CachePadded::new(Owned {
+                    busy: AtomicUsize::new(0),
+                    next_victim: AtomicUsize::new(0),
+                    groups: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+                    units: core::array::from_fn(|_| AtomicUsize::new(0)),
+                }),
+                steal: CachePadded::new(AtomicBool::new(false)),
+            })
+            .collect();
+        Self {
+            cpus: cpus.into_boxed_slice(),
+            batch,
+            asymmetric: !cpus_is_empty_or_loom(count) && barrier::asymmetric_available(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether remote drains use `membarrier` (the owner's fast path has no fence).
+    pub(crate) fn is_asymmetric(&self) -> bool {
+        self.asymmetric
+    }
+
+    #[inline(always)]
+    fn slot(&self, cpu: Option<usize>) -> Option<&CpuStock<P, K>> {
+        let cpu = cpu?;
+        debug_assert!(cpu < self.cpus.len(), "CpuProvider contract: index below count()");
+        // SAFETY: `CpuProvider` is an unsafe trait whose contract guarantees
+        // `cpu < count()`, and `cpus` has exactly `count()` slots (see `new`).
+        Some(unsafe { self.cpus.get_unchecked(cpu) })
+    }
+
+    /// Step 1–4 of protocol S, owner side. `true`: the slot is ours until `exit`.
+    #[inline(always)]
+    fn enter(&self, s: &CpuStock<P, K>) -> bool {
+        // ORDERING: Relaxed; only this context (or one nested inside it) writes `busy`.
+        if s.owned.busy.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        s.owned.busy.store(1, Ordering::Relaxed);
+        barrier::light(self.asymmetric);
+        // ORDERING: Acquire pairs with the drainer's Release store of `steal = 0`, so entry
+        // writes of a finished drain are visible; the barrier above orders this load after
+        // the `busy` store (protocol S, steps 2–4).
+        if s.steal.load(Ordering::Acquire) {
+            // ORDERING: Relaxed is enough: nothing was touched.
+            s.owned.busy.store(0, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Step 6 of protocol S, owner side.
+    #[inline(always)]
+    fn exit(&self, s: &CpuStock<P, K>) {
+        // ORDERING: Release pairs with the drainer's Acquire load of `busy`, so a later
+        // drainer sees this operation's entry writes.
+        s.owned.busy.store(0, Ordering::Release);
+    }
+
+    /// Takes `n` units for `node` from this CPU's stock. Never touches the counters.
+    #[inline]
+    pub(crate) fn consume(&self, cpu: Option<usize>, node: NonNull<Node<P, K>>, n: usize) -> bool {
+        if n > self.batch {
+            return false;
+        }
+        let Some(s) = self.slot(cpu) else { return false };
+        if !self.enter(s) {
+            return false;
+        }
+        let mut ok = false;
+        for i in 0..K {
+            // ORDERING: Relaxed; entries are only touched by the slot's holder (protocol S).
+            if s.owned.groups[i].load(Ordering::Relaxed) == node.as_ptr() {
+                let u = s.owned.units[i].load(Ordering::Relaxed);
+                if u >= n {
+                    s.owned.units[i].store(u - n, Ordering::Relaxed);
+                    ok = true;
+                }
+                break;
+            }
+        }
+        self.exit(s);
+        ok
+    }
+
+    /// Gives `n` units, already charged to `node`'s counters, to this CPU's stock. What does
+    /// not fit (above the batch, no slot, nested context) is uncharged from the counters.
+    pub(crate) fn refill(&self, cpu: Option<usize>, node: NonNull<Node<P, K>>, n: usize) {
+        // SAFETY: the caller holds a reference on `node` (it just charged it).
+        let nref = unsafe { node.as_ref() };
+        let s = match self.slot(cpu) {
+            Some(s) if n <= self.batch && self.enter(s) => s,
+            _ => {
+                nref.counter.uncharge(n);
+                return;
+            }
+        };
+        let mut taken: Taken<P, K> = ArrayVec::new();
+        let mut excess = 0;
+        let mut free = None;
+        let mut found = false;
+        for i in 0..K {
+            // ORDERING: Relaxed; slot held (protocol S).
+            let g = s.owned.groups[i].load(Ordering::Relaxed);
+            if g == node.as_ptr() {
+                let u = s.owned.units[i].load(Ordering::Relaxed) + n;
+                let keep = u.min(self.batch);
+                excess = u - keep;
+                s.owned.units[i].store(keep, Ordering::Relaxed);
+                found = true;
+                break;
+            }
+            if g.is_null() && free.is_none() {
+                free = Some(i);
+            }
+        }
+        if !found {
+            let i = match free {
+                Some(i) => i,
+                None => {
+                    // ORDERING: Relaxed; owner-only cursor.
+                    let v = s.owned.next_victim.load(Ordering::Relaxed) % K;
+                    s.owned.next_victim.store((v + 1) % K, Ordering::Relaxed);
+                    let old = s.owned.groups[v].load(Ordering::Relaxed);
+                    // SAFETY: occupied entries hold non-null pointers they own a reference on.
+                    let old = unsafe { NonNull::new_unchecked(old) };
+                    taken.push((old, s.owned.units[v].load(Ordering::Relaxed)));
+                    v
+                }
+            };
+            // The entry's reference (S2). The caller holds one, so a plain get is legal.
+            nref.refs.get(cpu.unwrap_or(0));
+            s.owned.groups[i].store(node.as_ptr(), Ordering::Relaxed);
+            s.owned.units[i].store(n, Ordering::Relaxed);
+        }
+        self.exit(s);
+        if excess > 0 {
+            nref.counter.uncharge(excess);
+        }
+        give_back(taken);
+    }
+
+    /// Uncharges `n` of `node` into this CPU's stock if it caches `node` (the excess above
+    /// the batch goes to the counters); returns `false` if it does not (the caller uncharges
+    /// the counters).
+    #[inline]
+    pub(crate) fn uncharge_cached(&self, cpu: Option<usize>, node: NonNull<Node<P, K>>, n: usize) -> bool {
+        if n > self.batch {
+            return false;
+        }
+        let Some(s) = self.slot(cpu) else { return false };
+        if !self.enter(s) {
+            return false;
+        }
+        let mut result = None;
+        for i in 0..K {
+            // ORDERING: Relaxed; slot held (protocol S).
+            if s.owned.groups[i].load(Ordering::Relaxed) == node.as_ptr() {
+                let u = s.owned.units[i].load(Ordering::Relaxed) + n;
+                let keep = u.min(self.batch);
+                s.owned.units[i].store(keep, Ordering::Relaxed);
+                result = Some(u - keep);
+                break;
+            }
+        }
+        self.exit(s);
+        match result {
+            Some(0) => true,
+            Some(excess) => {
+                // SAFETY: the caller holds a reference on `node`.
+                unsafe { node.as_ref() }.counter.uncharge(excess);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Returns this CPU's cached units to the counters and drops the entries' references.
+    /// Returns the units returned (0 if the slot is busy or being stolen).
+    pub(crate) fn drain_local(&self, cpu: Option<usize>) -> usize {
+        let Some(s) = self.slot(cpu) else { return 0 };
+        if !self.enter(s) {
+            return 0;
+        }
+        let taken = take_entries(s, |_| true);
+        self.exit(s);
+        give_back(taken)
+    }
+
+    /// Takes every cached entry whose group satisfies `filter` from every CPU, idle ones
+    /// included (protocol S, drainer side), and returns the units to the counters. Returns
+    /// `None` if another drain was under way (this caller does not wait for it), else the
+    /// units returned. CPUs whose owner is inside an operation at that moment are skipped.
+    pub(crate) fn drain_all(&self, filter: impl Fn(&Node<P, K>) -> bool) -> Option<usize> {
+        // ORDERING: Acquire pairs with the Release store below of the previous drainer, so
+        // drains are serialised (one steals at a time, as protocol S assumes).
+        if self.draining.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        // Step 1: flag every slot that has an occupied entry (a racy pre-check: the pointers
+        // are only compared with null here, never dereferenced).
+        let mut flagged = false;
+        for s in self.cpus.iter() {
+            // ORDERING: Relaxed; a hint. A slot filled after this check keeps its units.
+            if s.owned.groups.iter().any(|g| !g.load(Ordering::Relaxed).is_null()) {
+                // ORDERING: Relaxed; published by the heavy barrier below.
+                s.steal.store(true, Ordering::Relaxed);
+                flagged = true;
+            }
+        }
+        let mut returned = 0;
+        if flagged {
+            // Step 2: one heavy barrier for all the slots.
+            barrier::heavy(self.asymmetric);
+            for s in self.cpus.iter() {
+                // ORDERING: Relaxed; our own flag.
+                if !s.steal.load(Ordering::Relaxed) {
+                    continue;
+                }
+                // ORDERING: Acquire pairs with the owner's Release store in `exit`, so its
+                // entry writes are visible before we read the entries.
+                let taken = if s.owned.busy.load(Ordering::Acquire) == 0 {
+                    take_entries(s, &filter)
+                } else {
+                    Taken::new()
+                };
+                // ORDERING: Release pairs with the owner's Acquire load in `enter`, so the
+                // owner sees the emptied entries before using them again.
+                s.steal.store(false, Ordering::Release);
+                returned += give_back(taken);
+            }
+        }
+        // ORDERING: Release, see the swap above.
+        self.draining.store(false, Ordering::Release);
+        Some(returned)
+    }
+
+    /// Sum of the units cached for `node` on every CPU. Racy (a statistic): entries change
+    /// under it; never dereferences the cached pointers.
+    pub(crate) fn cached_units(&self, node: NonNull<Node<P, K>>) -> usize {
+        let mut sum = 0;
+        for s in self.cpus.iter() {
+            for i in 0..K {
+                // ORDERING: Relaxed; a racy statistic.
+                if s.owned.groups[i].load(Ordering::Relaxed) == node.as_ptr() {
+                    sum += s.owned.units[i].load(Ordering::Relaxed);
+                }
+            }
+        }
+        sum
+    }
+}
+
+/// Empties the entries of `s` whose group satisfies `filter`. The caller holds the slot.
+fn take_entries<P: CpuProvider, const K: usize>(
+    s: &CpuStock<P, K>,
+    filter: impl Fn(&Node<P, K>) -> bool,
+) -> Taken<P, K> {
+    let mut taken = Taken::new();
+    for i in 0..K {
+        // ORDERING: Relaxed; the slot is held (protocol S).
+        let g = s.owned.groups[i].load(Ordering::Relaxed);
+        let Some(g) = NonNull::new(g) else { continue };
+        // SAFETY: the entry owns a reference on `g` and the slot is held, so nobody can drop
+        // that reference meanwhile: the node is alive.
+        if !filter(unsafe { g.as_ref() }) {
+            continue;
+        }
+        taken.push((g, s.owned.units[i].load(Ordering::Relaxed)));
+        s.owned.groups[i].store(ptr::null_mut(), Ordering::Relaxed);
+        s.owned.units[i].store(0, Ordering::Relaxed);
+    }
+    taken
+}
+
+/// Uncharges the units taken and puts the references taken. Returns the units.
+fn give_back<P: CpuProvider, const K: usize>(taken: Taken<P, K>) -> usize {
+    let mut units = 0;
+    for (g, u) in taken {
+        // SAFETY: the entry's reference was moved to us with the entry.
+        unsafe { g.as_ref() }.counter.uncharge(u);
+        units += u;
+        // SAFETY: that reference, given up.
+        unsafe { Node::put(g) };
+    }
+    units
+}
+
+/// Loom and empty providers never use the asymmetric mode.
+fn cpus_is_empty_or_loom(count: usize) -> bool {
+    count == 0 || cfg!(loom)
+}
+
+// SAFETY: the raw pointers in the entries each own a group reference (sendable like a
+// `Group`); all shared access goes through atomics under protocol S.
+unsafe impl<P: CpuProvider, const K: usize> Send for Stocks<P, K> {}
+// SAFETY: see `Send`.
+unsafe impl<P: CpuProvider, const K: usize> Sync for Stocks<P, K> {}
