@@ -96,6 +96,8 @@ pub mod epoch;
 #[cfg(feature = "alloc")]
 pub mod group;
 #[cfg(feature = "alloc")]
+pub mod objgroup;
+#[cfg(feature = "alloc")]
 pub mod stock;
 
 #[cfg(any(test, feature = "model"))]

@@ -164,7 +164,7 @@ fn child<P: CpuProvider>(parent: &Group<P>, name: &str) -> Group<P> {
 }
 
 fn stats(created: usize, offlined: usize, released: usize, freed: usize) -> TreeStats {
-    TreeStats { created, offlined, released, freed, forced: 0 }
+    TreeStats { created, offlined, released, freed, ..TreeStats::default() }
 }
 
 /// xorshift64*: deterministic, no dependencies.

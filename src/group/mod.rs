@@ -61,6 +61,7 @@ use core::ptr::NonNull;
 use crate::counter::{COUNTER_MAX, Counter, LimitError};
 use crate::cpu::{CpuProvider, DefaultCpus};
 use crate::epoch::Guard;
+use crate::objgroup::{ObjGroup, ObjNode};
 use crate::stock::STOCK_SLOTS;
 use crate::sync::atomic::Ordering;
 use node::Node;
@@ -311,6 +312,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
         // SAFETY: the tree outlives the node; the child is given a reference on this group
         // below (before it can be reached), which `Node::free` drops.
         let child = unsafe { Node::alloc(self.node().tree, Some(self.node), id, &spec, 2, tree.shards) }?;
+
         {
             let _topology = tree.topology.lock();
             // ORDERING: Relaxed; `closing` is written under the topology flag we hold.
@@ -348,6 +350,73 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
         tree.drain_stocks_blocking(Some(self.node()));
         tree.reclaim_pumped();
         Ok(())
+    }
+
+    /// The `ObjGroup` to charge objects of this group through, in bytes: the group's own
+    /// while it is online (created on first use), else the nearest online ancestor's
+    /// (Linux's `get_obj_cgroup_from_memcg`). `None` only once the tree is being dropped.
+    ///
+    /// Not for allocator paths (it pins the epoch and may allocate); take it once and keep
+    /// the handle.
+    #[must_use]
+    pub fn obj_group(&self) -> Option<ObjGroup<P, K>> {
+        let tree = self.node().tree();
+        let _guard = tree.pin_internal();
+        let mut n = Some(self.node());
+        while let Some(x) = n {
+            // ORDERING: Acquire pairs with the Release store in `install_obj` and the AcqRel
+            // swap at offline.
+            if let Some(o) = NonNull::new(x.active_obj.load(Ordering::Acquire)) {
+                // SAFETY: loaded under a guard from a pointer that owned a reference, so the
+                // node is not freed before the guard is dropped (its free is deferred).
+                let on = unsafe { o.as_ref() };
+                if on.refs.tryget(on.hint()) {
+                    // SAFETY: the reference just taken.
+                    return Some(unsafe { ObjGroup::from_node(o) });
+                }
+            } else if x.is_online() {
+                if let Some(o) = Self::install_obj(x) {
+                    return Some(o);
+                }
+                continue; // lost a race (another creator, or an offline): look again
+            }
+            n = x.parent();
+        }
+        None
+    }
+
+    /// Creates `x`'s own `ObjGroup` and installs it as active, unless `x` went offline or
+    /// got one meanwhile. Returns a handle to the new one.
+    fn install_obj(x: &Node<P, K>) -> Option<ObjGroup<P, K>> {
+        let tree = x.tree();
+        let xp = NonNull::from(x);
+        // Two references: the group's active one and the returned handle.
+        // SAFETY: the caller's handle keeps `x` referenced (it is this group or an ancestor),
+        // so the reference `alloc` takes on it is legal; the tree outlives the node.
+        let obj = unsafe { ObjNode::alloc(xp, 2, tree.shards) };
+        let installed = {
+            let _topology = tree.topology.lock();
+            // ORDERING: Relaxed; both are only written under the topology flag.
+            let ok = x.is_online()
+                && !tree.closing.load(Ordering::Relaxed)
+                && x.active_obj.load(Ordering::Relaxed).is_null();
+            if ok {
+                // SAFETY: topology flag held; `obj` is new.
+                unsafe { Node::link_obj(xp, obj) };
+                // ORDERING: Release pairs with the Acquire load in `obj_group`.
+                x.active_obj.store(obj.as_ptr(), Ordering::Release);
+            }
+            ok
+        };
+        if installed {
+            tree.note_obj_created();
+            // SAFETY: one of the two initial references is the handle's.
+            Some(unsafe { ObjGroup::from_node(obj) })
+        } else {
+            // SAFETY: never shared; drop it together with the reference it took on `x`.
+            unsafe { ObjNode::discard(obj) };
+            None
+        }
     }
 
     /// Raises `event` on this group (local count) and its ancestors (hierarchical count).

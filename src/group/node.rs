@@ -34,6 +34,7 @@ use super::tree::TreeInner;
 use super::{GroupError, GroupId, GroupSpec};
 use crate::counter::Counter;
 use crate::cpu::CpuProvider;
+use crate::objgroup::ObjNode;
 use crate::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 use crate::sync::cell::UnsafeCell;
 
@@ -61,6 +62,11 @@ pub(crate) struct Node<P: CpuProvider, const K: usize> {
     pub(crate) topo: UnsafeCell<Topo<P, K>>,
     /// Link of the tree's released list (a Treiber stack).
     pub(crate) next_released: AtomicPtr<Node<P, K>>,
+    /// Head of the list of `ObjGroup`s pointing at this group (its own and inherited ones);
+    /// only touched under the topology flag.
+    pub(crate) objgroups: UnsafeCell<*mut ObjNode<P, K>>,
+    /// The group's own active `ObjGroup` (one reference) while online; null after offline.
+    pub(crate) active_obj: AtomicPtr<ObjNode<P, K>>,
 }
 
 impl<P: CpuProvider, const K: usize> Node<P, K> {
@@ -111,6 +117,8 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
                 online_children: 0,
             }),
             next_released: AtomicPtr::new(ptr::null_mut()),
+            objgroups: UnsafeCell::new(ptr::null_mut()),
+            active_obj: AtomicPtr::new(ptr::null_mut()),
         });
         // Never reborrowed as a `Box` again until `free`: children keep `&'static`
         // references into it.
@@ -295,16 +303,91 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
         }
     }
 
-    /// Takes this node offline: refuses if it is the root, already offline, or has online
+    /// Links `obj` at the head of `this` group's `ObjGroup` list.
+    ///
+    /// # Safety
+    ///
+    /// The topology flag is held; `obj` is alive and not linked.
+    pub(crate) unsafe fn link_obj(this: NonNull<Self>, obj: NonNull<ObjNode<P, K>>) {
+        // SAFETY: caller holds the topology flag, which guards every list link; the nodes
+        // touched are alive (linked ones are not freed before they unlink under the flag).
+        unsafe {
+            let head = (*this.as_ptr()).objgroups.with(|h| *h);
+            obj.as_ref().next.with_mut(|n| *n = head);
+            obj.as_ref().prev.with_mut(|p| *p = ptr::null_mut());
+            if !head.is_null() {
+                (*head).prev.with_mut(|p| *p = obj.as_ptr());
+            }
+            (*this.as_ptr()).objgroups.with_mut(|h| *h = obj.as_ptr());
+        }
+    }
+
+    /// Unlinks `obj` from `this` group's `ObjGroup` list.
+    ///
+    /// # Safety
+    ///
+    /// The topology flag is held and `obj` is on `this`'s list.
+    pub(crate) unsafe fn unlink_obj(this: NonNull<Self>, obj: NonNull<ObjNode<P, K>>) {
+        // SAFETY: as in `link_obj`.
+        unsafe {
+            let (prev, next) = (obj.as_ref().prev.with(|p| *p), obj.as_ref().next.with(|n| *n));
+            if prev.is_null() {
+                (*this.as_ptr()).objgroups.with_mut(|h| *h = next);
+            } else {
+                (*prev).next.with_mut(|n| *n = next);
+            }
+            if !next.is_null() {
+                (*next).prev.with_mut(|p| *p = prev);
+            }
+        }
+    }
+
+    /// Points every `ObjGroup` on `this`'s list at `parent` and moves the list to the
+    /// parent (Linux's `memcg_reparent_objcgs`). Returns how many references on `this` the
+    /// `ObjGroup`s gave up (the caller puts them after releasing the flag).
+    ///
+    /// # Safety
+    ///
+    /// The topology flag is held; the caller holds references on `this` and `parent`.
+    unsafe fn reparent_objs(this: NonNull<Self>, parent: NonNull<Self>) -> usize {
+        let mut moved = 0;
+        // SAFETY: the flag is held (caller), so the lists are ours to walk and change; every
+        // listed `ObjGroup` is alive (it unlinks under the flag before being freed).
+        unsafe {
+            let mut o = (*this.as_ptr()).objgroups.with(|h| *h);
+            let mut tail = ptr::null_mut();
+            while let Some(obj) = NonNull::new(o) {
+                let old = obj.as_ref().reparent(parent.as_ref());
+                debug_assert!(old == this, "an ObjGroup on a group's list points at that group");
+                moved += 1;
+                tail = o;
+                o = obj.as_ref().next.with(|n| *n);
+            }
+            if let Some(tail) = NonNull::new(tail) {
+                // Splice the whole list in front of the parent's.
+                let head = (*this.as_ptr()).objgroups.with(|h| *h);
+                let phead = (*parent.as_ptr()).objgroups.with(|h| *h);
+                tail.as_ref().next.with_mut(|n| *n = phead);
+                if !phead.is_null() {
+                    (*phead).prev.with_mut(|p| *p = tail.as_ptr());
+                }
+                (*parent.as_ptr()).objgroups.with_mut(|h| *h = head);
+                (*this.as_ptr()).objgroups.with_mut(|h| *h = ptr::null_mut());
+            }
+        }
+        moved
+    }
+
+    /// Takes this node offline: refuses if it is the root,, already offline, or has online
     /// children; otherwise marks it offline, zeroes its protection, and drops the base
     /// reference. The caller holds a reference, so the node is not released here.
     pub(crate) fn offline(this: NonNull<Self>) -> Result<(), GroupError> {
         // SAFETY: the caller holds a reference.
         let node = unsafe { this.as_ref() };
         let tree = node.tree();
-        let Some(parent) = node.parent() else {
-            return Err(GroupError::Root);
-        };
+        let Some(parent) = node.parent() else { return Err(GroupError::Root) };
+        let moved;
+        let active;
         {
             let _topology = tree.topology.lock();
             // ORDERING: Relaxed; state changes only under the topology flag, which we hold.
@@ -326,6 +409,25 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
             node.state.store(OFFLINE, Ordering::Release);
             // SAFETY: topology flag held; the parent is alive (referenced by this node).
             parent.topo.with_mut(|t| unsafe { (*t).online_children -= 1 });
+            // SAFETY: topology flag held; we hold a reference on this node, which holds one
+            // on its parent.
+            moved = unsafe { Self::reparent_objs(this, NonNull::from(parent)) };
+            // ORDERING: AcqRel; pairs with the Acquire load in `Group::obj_group`.
+            active = node.active_obj.swap(ptr::null_mut(), Ordering::AcqRel);
+        }
+        for _ in 0..moved {
+            // SAFETY: each reparented `ObjGroup` handed us the reference it held on this
+            // node; the caller's handle keeps the count above zero.
+            unsafe { Self::put(this) };
+        }
+        if let Some(active) = NonNull::new(active) {
+            // The group's reference on its own `ObjGroup`: killing drops it, and from now on
+            // the `ObjGroup`'s zero can be detected (Linux's percpu_ref_kill on the objcg).
+            // SAFETY: the reference `active_obj` owned.
+            if unsafe { active.as_ref() }.refs.kill() {
+                // SAFETY: that was the last reference.
+                unsafe { ObjNode::release(active) };
+            }
         }
         tree.note_offlined();
         if node.refs.kill() {

@@ -12,6 +12,8 @@ use super::{Group, GroupId, GroupSpec};
 use crate::cpu::{CpuProvider, DefaultCpus};
 use crate::engine::{DEFAULT_RETRIES, Reclaimer};
 use crate::epoch::{Epoch, Guard, Participant};
+use crate::objgroup::DEFAULT_UNIT_BYTES;
+use crate::objgroup::ObjNode;
 use crate::stock::STOCK_SLOTS;
 use crate::stock::{DEFAULT_BATCH, Stocks};
 use crate::sync::SpinFlag;
@@ -50,6 +52,7 @@ pub struct TreeConfig<P: CpuProvider = DefaultCpus, const K: usize = STOCK_SLOTS
     batch: usize,
     max_retries: usize,
     reclaimer: Option<Box<dyn Reclaimer<P, K>>>,
+    unit_bytes: usize,
 }
 
 impl<P: CpuProvider + Default> Default for TreeConfig<P, STOCK_SLOTS> {
@@ -90,6 +93,7 @@ impl<P: CpuProvider, const K: usize> TreeConfig<P, K> {
             batch: DEFAULT_BATCH,
             max_retries: DEFAULT_RETRIES,
             reclaimer: None,
+            unit_bytes: DEFAULT_UNIT_BYTES,
         }
     }
 
@@ -135,6 +139,14 @@ impl<P: CpuProvider, const K: usize> TreeConfig<P, K> {
         self
     }
 
+    /// Bytes per unit for byte-granular charging through [`ObjGroup`](crate::objgroup::ObjGroup)s
+    /// (default 4096: units are pages). 0 is treated as 1.
+    #[must_use]
+    pub fn unit_bytes(mut self, bytes: usize) -> Self {
+        self.unit_bytes = bytes.max(1);
+        self
+    }
+
     /// Installs the hook the charge engine calls when a group is over its limit.
     #[must_use]
     pub fn reclaimer(mut self, reclaimer: impl Reclaimer<P, K> + 'static) -> Self {
@@ -166,6 +178,13 @@ pub struct TreeStats {
     pub freed: usize,
     /// Charges forced past a limit because the caller asked for no-fail.
     pub forced: usize,
+    /// Sub-unit bytes left in released `ObjGroup`s (objects uncharged other byte counts than
+    /// they charged: a caller bug, counted here, never charged to anyone).
+    pub stray_bytes: usize,
+    /// `ObjGroup`s created (one per group).
+    pub objgroups_created: usize,
+    /// `ObjGroup`s freed.
+    pub objgroups_freed: usize,
 }
 
 impl TreeStats {
@@ -185,6 +204,13 @@ pub(crate) struct TreeInner<P: CpuProvider, const K: usize> {
     /// Guards every node's child links and online-children count.
     pub(crate) topology: SpinFlag,
     released: AtomicPtr<Node<P, K>>,
+    released_objs: AtomicPtr<ObjNode<P, K>>,
+    objs_created: AtomicUsize,
+    objs_released: AtomicUsize,
+    objs_freed: AtomicUsize,
+    /// Bytes per unit for byte-granular charging (`ObjGroup`).
+    pub(crate) unit_bytes: usize,
+    stray_bytes: AtomicUsize,
     next_id: AtomicUsize,
     created: AtomicUsize,
     offlined: AtomicUsize,
@@ -233,6 +259,43 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
         }
     }
 
+    pub(crate) fn note_obj_created(&self) {
+        self.objs_created.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_obj_freed(&self) {
+        self.objs_freed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_stray_bytes(&self, bytes: usize) {
+        self.stray_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Pushes a released `ObjGroup` node (as [`TreeInner::push_released`]).
+    #[must_use]
+    pub(crate) fn push_released_obj(&self, node: NonNull<ObjNode<P, K>>) -> bool {
+        self.objs_released.fetch_add(1, Ordering::Relaxed);
+        // ORDERING: Relaxed initial load; the CAS publishes.
+        let mut head = self.released_objs.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: released, owned by the pusher until the CAS succeeds.
+            unsafe { node.as_ref() }.next_released.store(head, Ordering::Relaxed);
+            // ORDERING: Release pairs with the Acquire swap in `reclaim_with`.
+            match self.released_objs.compare_exchange_weak(
+                head,
+                node.as_ptr(),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => head = now,
+            }
+        }
+        // ORDERING: as in `push_released`.
+        fence(Ordering::SeqCst);
+        self.detached.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn note_forced(&self) {
         self.forced.fetch_add(1, Ordering::Relaxed);
     }
@@ -265,6 +328,9 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
             released: self.released_count.load(Ordering::Relaxed),
             freed: self.freed.load(Ordering::Relaxed),
             forced: self.forced.load(Ordering::Relaxed),
+            stray_bytes: self.stray_bytes.load(Ordering::Relaxed),
+            objgroups_created: self.objs_created.load(Ordering::Relaxed),
+            objgroups_freed: self.objs_freed.load(Ordering::Relaxed),
         }
     }
 
@@ -321,7 +387,7 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
 
     /// Pins for internal work: the thread's participant with `std`, else a fresh one (the
     /// guard keeps it registered until dropped).
-    fn pin_internal(&self) -> Guard<'_> {
+    pub(crate) fn pin_internal(&self) -> Guard<'_> {
         #[cfg(all(feature = "std", not(loom)))]
         {
             self.epoch.pin_current_thread(self.identity())
@@ -343,9 +409,29 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
     /// Hands every released node to the collector; returns whether there were any. Not for
     /// allocator paths: pinning may collect, and collecting may allocate.
     pub(crate) fn reclaim_with(&self, guard: &Guard<'_>) -> bool {
+        // ObjGroups first: freeing them can release groups.
+        // ORDERING: Relaxed fast check; the swap is what synchronises.
+        let objs = !self.released_objs.load(Ordering::Relaxed).is_null();
+        if objs {
+            // ORDERING: Acquire pairs with the Release CAS in `push_released_obj`.
+            let mut p = self.released_objs.swap(ptr::null_mut(), Ordering::Acquire);
+            while let Some(node) = NonNull::new(p) {
+                // SAFETY: released and unreachable; we own the list now.
+                p = unsafe { node.as_ref() }.next_released.load(Ordering::Relaxed);
+                let addr = SendObjPtr(node);
+                // SAFETY: unreachable except by pinned readers of `active_obj`, handed to the
+                // collector exactly once; `free` touches the tree, which outlives it.
+                unsafe {
+                    guard.defer(move || {
+                        let addr = addr;
+                        ObjNode::free(addr.0);
+                    });
+                }
+            }
+        }
         // ORDERING: Relaxed fast check; the swap below is what synchronises.
         if self.released.load(Ordering::Relaxed).is_null() {
-            return false;
+            return objs;
         }
         // ORDERING: Acquire pairs with the Release CAS in `push_released`.
         let mut p = self.released.swap(ptr::null_mut(), Ordering::Acquire);
@@ -386,7 +472,11 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
             }
             let stats = self.stats();
             // ORDERING: Relaxed; a progress heuristic.
-            if stats.freed == stats.released && self.released.load(Ordering::Relaxed).is_null() {
+            if stats.freed == stats.released
+                && self.released.load(Ordering::Relaxed).is_null()
+                && self.released_objs.load(Ordering::Relaxed).is_null()
+                && stats.objgroups_freed == self.objs_released.load(Ordering::Relaxed)
+            {
                 return;
             }
         }
@@ -408,6 +498,11 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
         }
     }
 }
+
+/// An `ObjGroup` node pointer moved into a deferred closure.
+struct SendObjPtr<P: CpuProvider, const K: usize>(NonNull<ObjNode<P, K>>);
+// SAFETY: as `SendPtr`.
+unsafe impl<P: CpuProvider, const K: usize> Send for SendObjPtr<P, K> {}
 
 /// A pointer moved into a deferred closure.
 struct SendPtr<P: CpuProvider, const K: usize>(NonNull<Node<P, K>>);
@@ -480,6 +575,12 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
             shards,
             topology: SpinFlag::new(),
             released: AtomicPtr::new(ptr::null_mut()),
+            released_objs: AtomicPtr::new(ptr::null_mut()),
+            objs_created: AtomicUsize::new(0),
+            objs_released: AtomicUsize::new(0),
+            objs_freed: AtomicUsize::new(0),
+            unit_bytes: config.unit_bytes,
+            stray_bytes: AtomicUsize::new(0),
             next_id: AtomicUsize::new(0),
             created: AtomicUsize::new(0),
             offlined: AtomicUsize::new(0),
@@ -502,6 +603,7 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
         let root = unsafe { Node::alloc(inner, None, id, &config.root, 1, shards) }
             .expect("root limits must be representable");
         tree.note_created();
+
         // ORDERING: Release pairs with the Acquire loads in `root_node`.
         tree.root.store(root.as_ptr(), Ordering::Release);
         Self { inner, _owns: PhantomData }
@@ -641,6 +743,14 @@ impl<P: CpuProvider, const K: usize> Drop for Tree<P, K> {
             root_ref.state.store(super::node::OFFLINE, Ordering::Release);
         }
         inner.note_offlined();
+        // ORDERING: AcqRel, as in `Node::offline`.
+        if let Some(active) = NonNull::new(root_ref.active_obj.swap(ptr::null_mut(), Ordering::AcqRel)) {
+            // SAFETY: the root's reference on its own `ObjGroup`, dropped by the kill.
+            if unsafe { active.as_ref() }.refs.kill() {
+                // SAFETY: that was the last reference.
+                unsafe { ObjNode::release(active) };
+            }
+        }
         if root_ref.refs.kill() {
             // SAFETY: the last reference was the base reference, just dropped.
             unsafe { Node::release(root) };

@@ -58,6 +58,7 @@ use arrayvec::ArrayVec;
 
 use crate::cpu::CpuProvider;
 use crate::group::node::Node;
+use crate::objgroup::ObjNode;
 use crate::padded::CachePadded;
 use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
@@ -77,12 +78,29 @@ struct Owned<P: CpuProvider, const K: usize> {
     units: [AtomicUsize; K],
 }
 
+/// The owner-written part of one CPU's object stock (Linux's `obj_stock_pcp`): one cached
+/// `ObjGroup` and the bytes it has charged but not handed out. It has its own `busy` flag
+/// (Linux gives the object stock its own lock), so a byte charge can use the unit stock
+/// underneath without seeing itself as a nested context.
+struct ObjOwned<P: CpuProvider, const K: usize> {
+    busy: AtomicUsize,
+    obj: AtomicPtr<ObjNode<P, K>>,
+    bytes: AtomicUsize,
+}
+
+/// The drainer-written flags: one per stock.
+struct Steal {
+    units: AtomicBool,
+    objs: AtomicBool,
+}
+
 /// One CPU's stock.
 pub(crate) struct CpuStock<P: CpuProvider, const K: usize> {
     owned: CachePadded<Owned<P, K>>,
+    obj: CachePadded<ObjOwned<P, K>>,
     /// Written by drainers only; read by the owner on every operation, so it has a line of
     /// its own that stays shared in the owner's cache.
-    steal: CachePadded<AtomicBool>,
+    steal: CachePadded<Steal>,
 }
 
 /// Units and references taken out of a stock, returned to the counters after the slot is
@@ -110,7 +128,15 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
                     groups: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
                     units: core::array::from_fn(|_| AtomicUsize::new(0)),
                 }),
-                steal: CachePadded::new(AtomicBool::new(false)),
+                obj: CachePadded::new(ObjOwned {
+                    busy: AtomicUsize::new(0),
+                    obj: AtomicPtr::new(ptr::null_mut()),
+                    bytes: AtomicUsize::new(0),
+                }),
+                steal: CachePadded::new(Steal {
+                    units: AtomicBool::new(false),
+                    objs: AtomicBool::new(false),
+                }),
             })
             .collect();
         Self {
@@ -135,21 +161,22 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         Some(unsafe { self.cpus.get_unchecked(cpu) })
     }
 
-    /// Step 1–4 of protocol S, owner side. `true`: the slot is ours until `exit`.
+    /// Step 1–4 of protocol S, owner side, on one (`busy`, `steal`) pair. `true`: the stock
+    /// is ours until `exit_on`.
     #[inline(always)]
-    fn enter(&self, s: &CpuStock<P, K>) -> bool {
+    fn enter_on(&self, busy: &AtomicUsize, steal: &AtomicBool) -> bool {
         // ORDERING: Relaxed; only this context (or one nested inside it) writes `busy`.
-        if s.owned.busy.load(Ordering::Relaxed) != 0 {
+        if busy.load(Ordering::Relaxed) != 0 {
             return false;
         }
-        s.owned.busy.store(1, Ordering::Relaxed);
+        busy.store(1, Ordering::Relaxed);
         barrier::light(self.asymmetric);
         // ORDERING: Acquire pairs with the drainer's Release store of `steal = 0`, so entry
         // writes of a finished drain are visible; the barrier above orders this load after
         // the `busy` store (protocol S, steps 2–4).
-        if s.steal.load(Ordering::Acquire) {
+        if steal.load(Ordering::Acquire) {
             // ORDERING: Relaxed is enough: nothing was touched.
-            s.owned.busy.store(0, Ordering::Relaxed);
+            busy.store(0, Ordering::Relaxed);
             return false;
         }
         true
@@ -157,10 +184,20 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
 
     /// Step 6 of protocol S, owner side.
     #[inline(always)]
-    fn exit(&self, s: &CpuStock<P, K>) {
+    fn exit_on(busy: &AtomicUsize) {
         // ORDERING: Release pairs with the drainer's Acquire load of `busy`, so a later
         // drainer sees this operation's entry writes.
-        s.owned.busy.store(0, Ordering::Release);
+        busy.store(0, Ordering::Release);
+    }
+
+    #[inline(always)]
+    fn enter(&self, s: &CpuStock<P, K>) -> bool {
+        self.enter_on(&s.owned.busy, &s.steal.units)
+    }
+
+    #[inline(always)]
+    fn exit(&self, s: &CpuStock<P, K>) {
+        Self::exit_on(&s.owned.busy);
     }
 
     /// Takes `n` units for `node` from this CPU's stock. Never touches the counters.
@@ -285,12 +322,18 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     /// Returns the units returned (0 if the slot is busy or being stolen).
     pub(crate) fn drain_local(&self, cpu: Option<usize>) -> usize {
         let Some(s) = self.slot(cpu) else { return 0 };
-        if !self.enter(s) {
-            return 0;
+        let mut units = 0;
+        if self.enter_on(&s.obj.busy, &s.steal.objs) {
+            let taken = take_obj_if(s, |_| true);
+            Self::exit_on(&s.obj.busy);
+            give_back_obj(taken);
         }
-        let taken = take_entries(s, |_| true);
-        self.exit(s);
-        give_back(taken)
+        if self.enter(s) {
+            let taken = take_entries(s, |_| true);
+            self.exit(s);
+            units = give_back(taken);
+        }
+        units
     }
 
     /// Takes every cached entry whose group satisfies `filter` from every CPU, idle ones
@@ -310,7 +353,12 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
             // ORDERING: Relaxed; a hint. A slot filled after this check keeps its units.
             if s.owned.groups.iter().any(|g| !g.load(Ordering::Relaxed).is_null()) {
                 // ORDERING: Relaxed; published by the heavy barrier below.
-                s.steal.store(true, Ordering::Relaxed);
+                s.steal.units.store(true, Ordering::Relaxed);
+                flagged = true;
+            }
+            // ORDERING: Relaxed; as above.
+            if !s.obj.obj.load(Ordering::Relaxed).is_null() {
+                s.steal.objs.store(true, Ordering::Relaxed);
                 flagged = true;
             }
         }
@@ -319,8 +367,19 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
             // Step 2: one heavy barrier for all the slots.
             barrier::heavy(self.asymmetric);
             for s in self.cpus.iter() {
-                // ORDERING: Relaxed; our own flag.
-                if !s.steal.load(Ordering::Relaxed) {
+                // ORDERING: Relaxed; our own flags.
+                if s.steal.objs.load(Ordering::Relaxed) {
+                    // ORDERING: Acquire pairs with the owner's Release store in `exit_on`.
+                    let taken = if s.obj.busy.load(Ordering::Acquire) == 0 {
+                        take_obj_if(s, |o| filter(o.current_group().node()))
+                    } else {
+                        None
+                    };
+                    // ORDERING: Release pairs with the owner's Acquire load in `enter_on`.
+                    s.steal.objs.store(false, Ordering::Release);
+                    give_back_obj(taken);
+                }
+                if !s.steal.units.load(Ordering::Relaxed) {
                     continue;
                 }
                 // ORDERING: Acquire pairs with the owner's Release store in `exit`, so its
@@ -332,13 +391,97 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
                 };
                 // ORDERING: Release pairs with the owner's Acquire load in `enter`, so the
                 // owner sees the emptied entries before using them again.
-                s.steal.store(false, Ordering::Release);
+                s.steal.units.store(false, Ordering::Release);
                 returned += give_back(taken);
             }
         }
         // ORDERING: Release, see the swap above.
         self.draining.store(false, Ordering::Release);
         Some(returned)
+    }
+
+    /// Takes `bytes` for `obj` from this CPU's object stock.
+    #[inline]
+    pub(crate) fn consume_obj(&self, cpu: Option<usize>, obj: NonNull<ObjNode<P, K>>, bytes: usize) -> bool {
+        let Some(s) = self.slot(cpu) else { return false };
+        if !self.enter_on(&s.obj.busy, &s.steal.objs) {
+            return false;
+        }
+        let mut ok = false;
+        // ORDERING: Relaxed; the stock is held (protocol S).
+        if s.obj.obj.load(Ordering::Relaxed) == obj.as_ptr() {
+            let b = s.obj.bytes.load(Ordering::Relaxed);
+            if b >= bytes {
+                s.obj.bytes.store(b - bytes, Ordering::Relaxed);
+                ok = true;
+            }
+        }
+        Self::exit_on(&s.obj.busy);
+        ok
+    }
+
+    /// Gives `bytes` (already charged to `obj`'s group in whole units) to this CPU's object
+    /// stock (Linux's `refill_obj_stock`). A stock caching another `ObjGroup` is flushed
+    /// first and re-seeded with `obj`'s parked remainder. With `allow_uncharge`, whole units
+    /// beyond the stock's last unit are returned to the group that owns `obj` by then. Without
+    /// a usable stock, the bytes are parked in `obj` (whole units uncharged).
+    pub(crate) fn refill_obj(
+        &self,
+        cpu: Option<usize>,
+        obj: NonNull<ObjNode<P, K>>,
+        bytes: usize,
+        allow_uncharge: bool,
+    ) {
+        // SAFETY: the caller holds a reference on `obj` (a handle or an object's).
+        let o = unsafe { obj.as_ref() };
+        let s = match self.slot(cpu) {
+            Some(s) if self.enter_on(&s.obj.busy, &s.steal.objs) => s,
+            _ => return o.flush_bytes(bytes),
+        };
+        let mut allow_uncharge = allow_uncharge;
+        let mut old = None;
+        // ORDERING: Relaxed; the stock is held (protocol S).
+        let cached = s.obj.obj.load(Ordering::Relaxed);
+        let mut have = s.obj.bytes.load(Ordering::Relaxed);
+        if cached != obj.as_ptr() {
+            if let Some(c) = NonNull::new(cached) {
+                old = Some((c, have));
+            }
+            // The stock's reference (S2 for the object stock). The caller holds one.
+            o.refs.get(cpu.unwrap_or(0));
+            s.obj.obj.store(obj.as_ptr(), Ordering::Relaxed);
+            have = o.take_charged_bytes();
+            allow_uncharge = true;
+        }
+        let unit = o.tree().unit_bytes;
+        let (keep, units_out, stray) = match have.checked_add(bytes) {
+            Some(total) if allow_uncharge && total > unit => (total % unit, total / unit, 0),
+            Some(total) => (total, 0, 0),
+            // An absurd uncharge: keep what the stock had, hand the request to the counters.
+            None => (have, 0, bytes),
+        };
+        s.obj.bytes.store(keep, Ordering::Relaxed);
+        Self::exit_on(&s.obj.busy);
+        give_back_obj(old);
+        if units_out > 0 {
+            o.current_group().uncharge(units_out);
+        }
+        if stray > 0 {
+            o.flush_bytes(stray);
+        }
+    }
+
+    /// Bytes cached for `obj` in every CPU's object stock (a racy statistic; never
+    /// dereferences the cached pointers).
+    pub(crate) fn cached_bytes(&self, obj: NonNull<ObjNode<P, K>>) -> usize {
+        let mut sum = 0;
+        for s in self.cpus.iter() {
+            // ORDERING: Relaxed; racy statistic.
+            if s.obj.obj.load(Ordering::Relaxed) == obj.as_ptr() {
+                sum += s.obj.bytes.load(Ordering::Relaxed);
+            }
+        }
+        sum
     }
 
     /// Sum of the units cached for `node` on every CPU. Racy (a statistic): entries change
@@ -390,6 +533,35 @@ fn give_back<P: CpuProvider, const K: usize>(taken: Taken<P, K>) -> usize {
         unsafe { Node::put(g) };
     }
     units
+}
+
+/// Empties the object stock of `s` if `filter` accepts its cached `ObjGroup`. The caller
+/// holds the object stock.
+fn take_obj_if<P: CpuProvider, const K: usize>(
+    s: &CpuStock<P, K>,
+    filter: impl FnOnce(&ObjNode<P, K>) -> bool,
+) -> Option<(NonNull<ObjNode<P, K>>, usize)> {
+    // ORDERING: Relaxed; the object stock is held (protocol S).
+    let o = NonNull::new(s.obj.obj.load(Ordering::Relaxed))?;
+    // SAFETY: the stock owns a reference on `o` and is held, so `o` is alive.
+    if !filter(unsafe { o.as_ref() }) {
+        return None;
+    }
+    let bytes = s.obj.bytes.load(Ordering::Relaxed);
+    s.obj.obj.store(ptr::null_mut(), Ordering::Relaxed);
+    s.obj.bytes.store(0, Ordering::Relaxed);
+    Some((o, bytes))
+}
+
+/// Parks the bytes of a taken object-stock entry in its `ObjGroup` (whole units uncharged)
+/// and puts the stock's reference.
+fn give_back_obj<P: CpuProvider, const K: usize>(taken: Option<(NonNull<ObjNode<P, K>>, usize)>) {
+    if let Some((o, bytes)) = taken {
+        // SAFETY: the entry's reference was moved to us with it.
+        unsafe { o.as_ref() }.flush_bytes(bytes);
+        // SAFETY: that reference, given up.
+        unsafe { ObjNode::put(o) };
+    }
 }
 
 /// Loom and empty providers never use the asymmetric mode.
