@@ -5,6 +5,8 @@
 //!   strength of the counter's RMW), from one thread and from two threads at once.
 //! * `stocked pair`: `Group::try_charge(1)` + `Group::uncharge(1)` on a depth-4 group (three
 //!   ancestors above it) served by this CPU's stock, from one and from two threads.
+//! * `64-byte object pair`: `ObjGroup::charge_bytes(64)` + `uncharge_bytes(64)` through the
+//!   object stock (issue "Byte-granular object charging": ≤ 0.5 × one atomic pair).
 //! * `unstocked depth 4`: `Counter::try_charge(1)` + `uncharge(1)` on the same group: the
 //!   hierarchical walk the stock avoids.
 //! * `thrash`: charging 1 unit round-robin over N sibling groups from one thread, with N
@@ -83,6 +85,14 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("stocked pair depth 4, 1 thread", |b| b.iter(|| stocked_pair(black_box(&leaf))));
+    let objgroup = leaf.obj_group().unwrap();
+    g.bench_function("64-byte object pair, 1 thread", |b| {
+        b.iter(|| {
+            let c = objgroup.charge_bytes(black_box(64)).unwrap();
+            let _ = black_box(c);
+            objgroup.uncharge_bytes(black_box(64));
+        })
+    });
     g.bench_function("unstocked depth 4, 1 thread", |b| {
         b.iter(|| {
             leaf.counter().try_charge(black_box(1)).unwrap();

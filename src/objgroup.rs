@@ -176,13 +176,31 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
     }
 
     /// Parks `bytes` of already-charged remainder: whole units are uncharged from the
-    /// current owner, the rest is added to `nr_charged_bytes`.
+    /// current owner, the rest is added to `nr_charged_bytes`; if the parked bytes then make
+    /// whole units, those are uncharged too (Linux leaves them parked until the `ObjGroup`
+    /// is released; returning them early keeps usage within a unit of the truth).
     pub(crate) fn flush_bytes(&self, bytes: usize) {
         let unit = self.tree().unit_bytes;
-        let (units, rem) = (bytes / unit, bytes % unit);
+        let (mut units, rem) = (bytes / unit, bytes % unit);
         if rem > 0 {
             // ORDERING: Relaxed; a sum that only has to be exact at quiescence (RMWs compose).
-            self.nr_charged_bytes.fetch_add(rem, Ordering::Relaxed);
+            let mut parked = self.nr_charged_bytes.fetch_add(rem, Ordering::Relaxed) + rem;
+            while parked >= unit {
+                let whole = parked / unit * unit;
+                // ORDERING: Relaxed; as above. Only whole units leave, so O1 is kept.
+                match self.nr_charged_bytes.compare_exchange_weak(
+                    parked,
+                    parked - whole,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        units += whole / unit;
+                        break;
+                    }
+                    Err(now) => parked = now,
+                }
+            }
         }
         if units > 0 {
             self.current_group().uncharge(units);

@@ -6,6 +6,8 @@ mod loom_counter;
 #[cfg(all(loom, crossbeam_loom, feature = "alloc"))]
 mod loom_group;
 #[cfg(all(loom, crossbeam_loom, feature = "alloc"))]
+mod loom_objgroup;
+#[cfg(all(loom, crossbeam_loom, feature = "alloc"))]
 mod loom_stock;
 #[cfg(not(loom))]
 mod properties;
