@@ -15,4 +15,4 @@ source "$(dirname "$0")/common.sh"
 export PROPTEST_DISABLE_FAILURE_PERSISTENCE=1
 MIRIFLAGS="-Zmiri-strict-provenance" cargo +nightly miri test --lib --test counter
 MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-permissive-provenance" \
-  cargo +nightly miri test --test group --test alloc_safety
+  cargo +nightly miri test --test group --test alloc_safety --test engine --test objgroup

@@ -88,18 +88,19 @@ mod thread {
     use core::cell::Cell;
 
     use super::CpuProvider;
-    use crate::sync::atomic::{AtomicU64, Ordering};
+    use crate::sync::atomic::{AtomicUsize, Ordering};
 
     /// How many threads can hold an index at once, process-wide. Threads beyond it get
     /// `None` (they bypass per-CPU caches) until an index is freed by a thread exiting.
     pub const MAX_THREADS: usize = 4096;
-    const WORDS: usize = MAX_THREADS / 64;
+    const BITS: usize = usize::BITS as usize;
+    const WORDS: usize = MAX_THREADS / BITS;
     const UNASSIGNED: usize = usize::MAX;
 
     /// Occupancy bitmap of thread indices. Lock-free and allocation-free, so taking an index
     /// from inside a global allocator is safe. This is the only process-wide state in the
     /// crate: like `std::thread::ThreadId`, thread identity is a property of the process.
-    static TAKEN: [AtomicU64; WORDS] = [const { AtomicU64::new(0) }; WORDS];
+    static TAKEN: [AtomicUsize; WORDS] = [const { AtomicUsize::new(0) }; WORDS];
 
     /// Gives the thread's index back when the thread exits.
     struct Release(Cell<usize>);
@@ -114,7 +115,7 @@ mod thread {
                 // ORDERING: Release pairs with the Acquire CAS in `take_index`, so the next
                 // thread to get this index sees everything this thread did under it (the
                 // per-CPU structures it owned are handed over with the index).
-                TAKEN[i / 64].fetch_and(!(1 << (i % 64)), Ordering::Release);
+                TAKEN[i / BITS].fetch_and(!(1 << (i % BITS)), Ordering::Release);
             }
         }
     }
@@ -146,7 +147,7 @@ mod thread {
         for (w, word) in TAKEN.iter().enumerate() {
             // ORDERING: Relaxed pre-check; the CAS below decides.
             let mut bits = word.load(Ordering::Relaxed);
-            while bits != u64::MAX {
+            while bits != usize::MAX {
                 let bit = (!bits).trailing_zeros() as usize;
                 // ORDERING: Acquire pairs with the Release in `Index::drop` of the thread that
                 // gave this index back.
@@ -156,7 +157,7 @@ mod thread {
                     Ordering::Acquire,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => return w * 64 + bit,
+                    Ok(_) => return w * BITS + bit,
                     Err(now) => bits = now,
                 }
             }

@@ -19,7 +19,8 @@
 //!    (counted in [`TreeStats::forced`](crate::group::TreeStats::forced)).
 //!
 //! [`ChargeOptions::no_reclaim`] skips steps 4–6 (for contexts that cannot block);
-//! [`ChargeOptions::no_retry`] stops after one reclaim and one drain.
+//! [`ChargeOptions::no_retry`] skips step 6 (one reclaim, one drain, the reclaim after the
+//! drain, then fail).
 //!
 //! # Over `high`
 //!
@@ -66,7 +67,7 @@ pub struct ChargeOptions {
     pub no_fail: bool,
     /// Do not call the reclaimer nor drain stocks (contexts that cannot block).
     pub no_reclaim: bool,
-    /// Reclaim and drain once, but do not retry further.
+    /// Reclaim, drain, reclaim once more, but do not retry further.
     pub no_retry: bool,
 }
 
@@ -240,11 +241,17 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
         if n > COUNTER_MAX {
             return Err(ChargeFailure::TooLarge { requested: n });
         }
+        if n == 0 {
+            return Ok(Charged::default());
+        }
         let node = self.node();
         let tree = node.tree();
         let stocks = &tree.stocks;
-        let mut batch = if stocks.batch == 0 || n > stocks.batch { n } else { stocks.batch };
+        // No batching once the tree is being dropped: nothing could drain a new stock entry.
+        let mut batch =
+            if stocks.batch == 0 || n > stocks.batch || stocks.is_closed() { n } else { stocks.batch };
         let mut retries = tree.max_retries;
+        let mut room_retries = tree.max_retries.saturating_add(1);
         let mut drained = false;
         let mut max_raised = false;
         let over: &Node<P, K> = loop {
@@ -283,9 +290,14 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
                 None => 0,
             };
             if over.counter.margin() >= n {
-                continue;
-            }
-            if !drained {
+                // Reclaim made room: retry without spending a retry (Linux), but only so many
+                // times, so that a reclaimer whose room other chargers keep taking cannot make
+                // this loop forever.
+                if room_retries > 0 {
+                    room_retries -= 1;
+                    continue;
+                }
+            } else if !drained {
                 drained = true;
                 // A drain under way elsewhere returns `None`: it is draining for us too.
                 let _ = stocks.drain_all(|g| g.is_descendant_of(over));
@@ -301,6 +313,8 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
             if !max_raised {
                 over.raise(Event::Max);
             }
+            // Linux raises `oom` before it resorts to forcing; so do we.
+            over.raise(Event::Oom);
             node.counter.charge(n).map_err(|_| ChargeFailure::Overflow { requested: n })?;
             tree.note_forced();
             return Ok(Charged { over_high: self.check_high(), forced: true });

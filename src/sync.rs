@@ -18,8 +18,6 @@
 
 #[cfg(all(not(loom), not(feature = "portable-atomic")))]
 pub(crate) mod atomic {
-    #[cfg(target_has_atomic = "64")]
-    pub(crate) use core::sync::atomic::AtomicU64;
     pub(crate) use core::sync::atomic::{
         AtomicBool, AtomicIsize, AtomicPtr, AtomicU8, AtomicUsize, Ordering, compiler_fence, fence,
     };
@@ -29,7 +27,7 @@ pub(crate) mod atomic {
 pub(crate) mod atomic {
     pub(crate) use core::sync::atomic::compiler_fence;
     pub(crate) use portable_atomic::{
-        AtomicBool, AtomicIsize, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence,
+        AtomicBool, AtomicIsize, AtomicPtr, AtomicU8, AtomicUsize, Ordering, fence,
     };
 }
 
@@ -39,7 +37,7 @@ pub(crate) mod atomic {
     // as in crossbeam-epoch's shim.
     pub(crate) use loom::sync::atomic::fence as compiler_fence;
     pub(crate) use loom::sync::atomic::{
-        AtomicBool, AtomicIsize, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence,
+        AtomicBool, AtomicIsize, AtomicPtr, AtomicU8, AtomicUsize, Ordering, fence,
     };
 }
 

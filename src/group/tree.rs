@@ -716,7 +716,8 @@ impl<P: CpuProvider, const K: usize> Drop for Tree<P, K> {
             // ORDERING: Relaxed; read and written under the topology flag.
             self.inner().closing.store(true, Ordering::Relaxed);
         }
-        // Give every cached unit and stock reference back.
+        // Give every cached unit and stock reference back, and cache no more.
+        self.inner().stocks.close();
         self.inner().drain_stocks_blocking(None);
         // Take every group offline, children first (post-order = reverse pre-order). No
         // group can be created from here on, so the snapshot is complete.

@@ -113,6 +113,8 @@ pub(crate) struct Stocks<P: CpuProvider, const K: usize> {
     pub(crate) batch: usize,
     asymmetric: bool,
     draining: AtomicBool,
+    /// Set when the tree is dropped: refills stop caching (nothing could drain them later).
+    closed: AtomicBool,
 }
 
 impl<P: CpuProvider, const K: usize> Stocks<P, K> {
@@ -144,7 +146,22 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
             batch,
             asymmetric: !cpus_is_empty_or_loom(count) && barrier::asymmetric_available(),
             draining: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Stops new stock entries (the tree is being dropped); the caller drains afterwards.
+    pub(crate) fn close(&self) {
+        // ORDERING: SeqCst: a refill that starts after the tree's final drain must see it;
+        // pairs with the SeqCst loads in `is_closed` (a refill that missed it installed its
+        // entry before the drain's barrier, which then takes it).
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    #[inline]
+    pub(crate) fn is_closed(&self) -> bool {
+        // ORDERING: SeqCst, see `close`.
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Whether remote drains use `membarrier` (the owner's fast path has no fence).
@@ -232,7 +249,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         // SAFETY: the caller holds a reference on `node` (it just charged it).
         let nref = unsafe { node.as_ref() };
         let s = match self.slot(cpu) {
-            Some(s) if n <= self.batch && self.enter(s) => s,
+            Some(s) if n <= self.batch && !self.is_closed() && self.enter(s) => s,
             _ => {
                 nref.counter.uncharge(n);
                 return;
@@ -438,6 +455,12 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
             Some(s) if self.enter_on(&s.obj.busy, &s.steal.objs) => s,
             _ => return o.flush_bytes(bytes),
         };
+        // ORDERING: Relaxed; `closed` only ever goes false → true.
+        if self.closed.load(Ordering::Relaxed) && s.obj.obj.load(Ordering::Relaxed) != obj.as_ptr() {
+            // The tree is being dropped: do not install a new entry nothing could drain.
+            Self::exit_on(&s.obj.busy);
+            return o.flush_bytes(bytes);
+        }
         let mut allow_uncharge = allow_uncharge;
         let mut old = None;
         // ORDERING: Relaxed; the stock is held (protocol S).
