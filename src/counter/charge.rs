@@ -192,10 +192,11 @@ impl<'p> Counter<'p> {
     #[inline(always)]
     fn cancel(&self, n: usize) -> usize {
         let delta = if n > isize::MAX as usize { isize::MAX } else { n as isize };
-        // ORDERING: AcqRel RMW. Usage is not used to publish memory, but a full-strength RMW
-        // costs the same on x86 and keeps every usage update in one obvious modification
-        // order for readers of the code.
-        let new = self.usage.fetch_sub(delta, Ordering::AcqRel).wrapping_sub(delta);
+        // ORDERING: SeqCst RMW (the same instruction as AcqRel on x86): the store-buffering
+        // pair with `protection_changed` (the uncharger then loads the "armed" flag, the
+        // arming thread loads `usage`), as in protocol L; the fence is loom-only.
+        let new = self.usage.fetch_sub(delta, Ordering::SeqCst).wrapping_sub(delta);
+        dekker_fence();
         if new >= 0 && delta as usize == n {
             self.after_decrease(new);
             return n;

@@ -84,7 +84,7 @@ impl Counter<'_> {
         let _writer = self.conf.writer.lock();
         // ORDERING: SeqCst, read by protocol P's re-check in `propagate_slow`.
         self.conf.min.store(min, Ordering::SeqCst);
-        self.repropagate_upwards();
+        self.protection_changed();
         Ok(())
     }
 
@@ -94,7 +94,7 @@ impl Counter<'_> {
         let _writer = self.conf.writer.lock();
         // ORDERING: SeqCst, see `set_min`.
         self.conf.low.store(low, Ordering::SeqCst);
-        self.repropagate_upwards();
+        self.protection_changed();
         Ok(())
     }
 }

@@ -90,7 +90,7 @@ use core::ptr;
 
 use crate::padded::CachePadded;
 use crate::sync::SpinFlag;
-use crate::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use crate::sync::cell::UnsafeCell;
 
 use peak::WatchLink;
@@ -187,6 +187,9 @@ struct Conf<'p> {
     low: AtomicUsize,
     parent: Option<&'p Counter<'p>>,
     flags: u8,
+    /// Set while this node has declared protection or recorded protected usage: charges
+    /// skip the protection bookkeeping of a node that has neither (protocol P's fast path).
+    prot_armed: AtomicBool,
     /// Serialises configuration writers (protocol W).
     writer: SpinFlag,
     /// Head of the intrusive list of registered [`PeakWatcher`]s; only touched under `writer`.
@@ -232,8 +235,9 @@ impl<'p> Counter<'p> {
                     high: AtomicUsize::new(COUNTER_MAX),
                     min: AtomicUsize::new(0),
                     low: AtomicUsize::new(0),
-                    parent,
+                                        parent,
                     flags: FLAG_PROTECTION | FLAG_FAILCNT,
+                    prot_armed: AtomicBool::new(false),
                     writer: SpinFlag::new(),
                     watchers: UnsafeCell::new(ptr::null()),
                 }),

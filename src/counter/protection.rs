@@ -26,6 +26,7 @@
 
 use super::{Counter, clamp_nonneg};
 use crate::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use crate::sync::dekker_fence;
 
 /// Effective protection of one node (Linux's `effective_protection()`), a pure function.
 ///
@@ -93,13 +94,16 @@ impl<'p> Counter<'p> {
     /// into the parent's sums (protocol P in the module docs).
     #[inline(always)]
     pub(super) fn propagate_protected_usage(&self, usage: usize) {
-        let Some(parent) = self.conf.parent else {
-            // The top node's protection is never summed anywhere.
-            return;
-        };
-        if !self.tracks_protection() {
+        // ORDERING: SeqCst, pairs with the SeqCst store in `arm_protection` and its
+        // repropagation's SeqCst load of `usage` (store-buffering): either this charger
+        // sees the node armed, or the arming thread's repropagation sees this charger's
+        // usage update. A plain load on x86.
+        if !self.conf.prot_armed.load(Ordering::SeqCst) {
+            // No protection declared and none recorded: nothing to refresh (one load, the
+            // common case of every counter without `min`/`low`).
             return;
         }
+        let Some(parent) = self.conf.parent else { return };
         // ORDERING: Relaxed loads for the cheap check; protocol P's re-check in the slow
         // path makes the final value exact at quiescence.
         let min = self.conf.min.load(Ordering::Relaxed);
@@ -136,6 +140,29 @@ impl<'p> Counter<'p> {
 
     /// Re-propagates this node and every ancestor from their current usage (after `min` or
     /// `low` changed; Linux's loop in `page_counter_set_min/low`).
+    /// Arms or disarms the protection bookkeeping of this node after its `min`/`low`
+    /// changed, and refreshes the sums of this node and its ancestors. The caller holds the
+    /// writer flag.
+    pub(super) fn protection_changed(&self) {
+        let (min, low) = (self.min(), self.low());
+        let wanted = (min != 0 || low != 0) && self.conf.parent.is_some() && self.tracks_protection();
+        if wanted {
+            // ORDERING: SeqCst, see `propagate_protected_usage`; the (loom-only) fence is the
+            // other half of the store-buffering pair, as in protocol L.
+            self.conf.prot_armed.store(true, Ordering::SeqCst);
+            dekker_fence();
+        }
+        self.repropagate_upwards();
+        // ORDERING: SeqCst loads; the sums of a node whose declared values are zero are zero
+        // after the refresh above, so it can stop tracking.
+        if !wanted
+            && self.track.min_usage.load(Ordering::SeqCst) == 0
+            && self.track.low_usage.load(Ordering::SeqCst) == 0
+        {
+            self.conf.prot_armed.store(false, Ordering::SeqCst);
+        }
+    }
+
     pub(super) fn repropagate_upwards(&self) {
         for c in self.ancestors_and_self() {
             // ORDERING: SeqCst, see `propagate_slow`.

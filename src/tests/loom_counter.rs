@@ -91,3 +91,28 @@ fn protected_usage_exact_at_quiescence() {
         assert_eq!(forest.get(root).children_min_usage(), 4);
     });
 }
+
+/// Protocol P's fast path: a node with no protection skips the bookkeeping after one load of
+/// its "armed" flag. `set_min` arming the node races a charge that may have seen it unarmed:
+/// either the charger sees the flag, or the arming thread's refresh sees the charge, so the
+/// sums are exact at quiescence.
+#[test]
+fn arming_protection_vs_concurrent_charge() {
+    loom::model(|| {
+        let mut forest = Forest::new();
+        let root = forest.add(None);
+        let a = forest.add(Some(root));
+        let forest = Arc::new(forest);
+
+        let f = forest.clone();
+        let t = thread::spawn(move || f.get(a).set_min(2).unwrap());
+        forest.get(a).charge(3).unwrap();
+        t.join().unwrap();
+
+        assert_eq!(forest.get(a).min_usage(), 2);
+        assert_eq!(forest.get(root).children_min_usage(), 2);
+        forest.get(a).uncharge(3);
+        assert_eq!(forest.get(a).min_usage(), 0);
+        assert_eq!(forest.get(root).children_min_usage(), 0);
+    });
+}
