@@ -12,6 +12,24 @@
 //!   `min`, `low`, peaks, fail count and protected-usage sums. Charges walk to the top with
 //!   add–check–undo and report the lowest ancestor that refused. Pure atomics: no
 //!   allocation, no locks on the charge path, usable as `static`s with `&'static` parents.
+//! * [`group`] (with `alloc`): a [`Tree`](group::Tree) of refcounted
+//!   [`Group`](group::Group) handles, each embedding a counter; online → offline → released
+//!   → freed after an epoch grace period; [`OwnerCell`](group::OwnerCell)s for objects that
+//!   record their group, and moving a charge between groups; events.
+//! * [`stock`] and the charge engine ([`Group::try_charge`](group::Group::try_charge)): a
+//!   per-CPU cache of pre-charged units whose fast path has no atomic read-modify-write,
+//!   drained remotely with one `membarrier`; batching, reclaim hook, drain, bounded retries,
+//!   typed failure, over-`high` reporting, protection-ordered reclaim walks.
+//! * [`objgroup`]: byte-granular charging through [`ObjGroup`](objgroup::ObjGroup)s, with
+//!   sub-unit remainders parked per CPU, reparented when their group goes offline.
+//! * [`epoch`]: the tree's crossbeam-epoch collector, guards and participants.
+//! * [`cpu`]: what "this CPU" means: [`ThreadCpus`](cpu::ThreadCpus) (std),
+//!   [`TestCpus`](cpu::TestCpus), or an embedder's `unsafe impl` of
+//!   [`CpuProvider`](cpu::CpuProvider).
+//!
+//! Everything an allocator reaches (charge, uncharge, stock operations, handle clone and
+//! drop, byte charges) never allocates, never takes a lock and never runs a deferred
+//! destructor (`tests/alloc_safety.rs`, `examples/allocator.rs`).
 //!
 //! # Example
 //!
@@ -34,9 +52,11 @@
 //!
 //! # Cargo features
 //!
-//! * `std` (default): thread-based CPU slots and pinning on the current thread (as those
-//!   parts land); implies `alloc`. Error types implement `core::error::Error` either way.
-//! * `alloc`: heap-backed parts (groups; the bare counter needs no allocator).
+//! * `std` (default): thread-based CPU slots ([`ThreadCpus`](cpu::ThreadCpus)), pinning on
+//!   the current thread, `membarrier(2)` for remote stock drains on Linux; implies `alloc`.
+//!   Error types implement `core::error::Error` either way.
+//! * `alloc`: groups, epoch reclamation, stocks, the engine, `ObjGroup`s (the bare counter
+//!   needs no allocator).
 //! * `portable-atomic`: take atomics from `portable-atomic`, for targets without native
 //!   pointer-width read-modify-write; add `critical-section` (or portable-atomic's
 //!   `unsafe-assume-single-core` cfg) on single-core targets such as `thumbv6m-none-eabi`.
@@ -51,9 +71,10 @@
 //! # Correctness
 //!
 //! Every cross-thread protocol is written down as a table in its module docs and checked by
-//! a loom model (`RUSTFLAGS="--cfg loom"`, see `ci/loom.sh`); random operation sequences are
-//! compared with a plain sequential model by property tests; unit and property tests also
-//! run under miri.
+//! a loom model (`RUSTFLAGS="--cfg loom --cfg crossbeam_loom"`, see `ci/loom.sh`); random
+//! operation sequences are compared with plain sequential models by property tests; unit,
+//! property and integration tests also run under miri; a soak binary runs under valgrind,
+//! AddressSanitizer and ThreadSanitizer (`ci/sanitizers.sh`).
 //!
 //! # Minimum supported Rust version
 //!
