@@ -7,3 +7,5 @@ cargo clippy --all-targets -- -D warnings
 cargo clippy --lib --no-default-features -- -D warnings
 cargo clippy --lib --no-default-features --features alloc -- -D warnings
 RUSTFLAGS="$RUSTFLAGS --cfg loom --cfg crossbeam_loom -C debug-assertions=on" CARGO_TARGET_DIR=target/loom cargo clippy --lib --profile test -- -D warnings
+# Broken intra-doc links and other rustdoc warnings fail too (RUSTDOCFLAGS has -D warnings).
+cargo doc --no-deps

@@ -10,7 +10,7 @@
 //! Charges own none: counters move numbers, references keep memory alive.
 //!
 //! Readers that only *borrow* a pointer (loaded from an owner cell, a remote stock slot)
-//! do so under an epoch [`Guard`](crate::epoch::Guard) and get a [`GroupRef`], which can be
+//! do so under an epoch [`Guard`] and get a [`GroupRef`], which can be
 //! dereferenced while the guard lives and turned into a handle only with
 //! [`GroupRef::tryget`] (fails once the count reached zero) or
 //! [`GroupRef::tryget_online`] (fails once the group is offline), in a loop that re-reads

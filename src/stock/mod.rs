@@ -18,7 +18,7 @@
 //! # Protocol S (owner vs remote drainer)
 //!
 //! Every slot has two flags: `busy`, written only by the slot's owner (the context the
-//! [`CpuProvider`](crate::cpu::CpuProvider) hands the index to), and `steal`, written only
+//! [`CpuProvider`] hands the index to), and `steal`, written only
 //! by a drainer (one at a time: `drain_all` holds the tree's drain flag). The entries are
 //! touched by whoever holds the slot: the owner between `enter` and `exit`, the drainer
 //! between its heavy barrier (having seen `busy == 0`) and clearing `steal`.
