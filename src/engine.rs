@@ -200,13 +200,13 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// assert!(g.try_charge(50).is_err()); // refused, even after draining the stocks
     /// g.uncharge(60);
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn try_charge(&self, n: usize) -> Result<Charged, ChargeFailure> {
         self.charge_with(n, ChargeOptions::DEFAULT)
     }
 
     /// Charges `n` units with `options`.
-    #[inline]
+    #[inline(always)]
     pub fn charge_with(&self, n: usize, options: ChargeOptions) -> Result<Charged, ChargeFailure> {
         let tree = self.node().tree();
         let cpu = tree.cpus.current();
@@ -222,11 +222,21 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// Uncharging more than was charged is a caller bug; the counters clamp it when the units
     /// reach them (immediately, or when the stock entry is drained), count it in
     /// [`Counter::underflows`](crate::counter::Counter::underflows), and debug builds assert.
-    #[inline]
+    #[inline(always)]
     pub fn uncharge(&self, n: usize) {
         let tree = self.node().tree();
         if !tree.stocks.uncharge_cached(tree.cpus.current(), self.node_ptr(), n) {
             self.counter().uncharge(n);
+        }
+    }
+
+    /// [`Group::uncharge`] for the library's own bookkeeping: clamps and counts an
+    /// over-uncharge (a caller's earlier mistake) instead of asserting.
+    #[inline]
+    pub(crate) fn uncharge_counted(&self, n: usize) {
+        let tree = self.node().tree();
+        if !tree.stocks.uncharge_cached(tree.cpus.current(), self.node_ptr(), n) {
+            self.counter().uncharge_counted(n);
         }
     }
 

@@ -203,7 +203,7 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
             }
         }
         if units > 0 {
-            self.current_group().uncharge(units);
+            self.current_group().uncharge_counted(units);
         }
     }
 
@@ -277,7 +277,7 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
         // SAFETY: the reference this node held on its owner.
         let owner = unsafe { Group::from_node(NonNull::new_unchecked(owner)) };
         if units > 0 {
-            owner.counter().uncharge(units);
+            owner.counter().uncharge_counted(units);
         }
         if stray > 0 {
             tree.note_stray_bytes(stray);
@@ -342,13 +342,13 @@ impl<P: CpuProvider, const K: usize> ObjGroup<P, K> {
     /// Charges `bytes`: from this CPU's object stock if it caches this `ObjGroup` with
     /// enough bytes (the fast path: a few plain loads and stores), else whole units through
     /// the group's charge engine with the remainder parked in the object stock.
-    #[inline]
+    #[inline(always)]
     pub fn charge_bytes(&self, bytes: usize) -> Result<Charged, ChargeFailure> {
         self.charge_bytes_with(bytes, ChargeOptions::DEFAULT)
     }
 
     /// [`ObjGroup::charge_bytes`] with charge options for the unit charge.
-    #[inline]
+    #[inline(always)]
     pub fn charge_bytes_with(&self, bytes: usize, options: ChargeOptions) -> Result<Charged, ChargeFailure> {
         let tree = self.node().tree();
         let cpu = tree.cpus.current();
@@ -382,7 +382,7 @@ impl<P: CpuProvider, const K: usize> ObjGroup<P, K> {
 
     /// Uncharges `bytes` into this CPU's object stock; whole units beyond one are returned
     /// to the group that owns this `ObjGroup` by then (the parent, after reparenting).
-    #[inline]
+    #[inline(always)]
     pub fn uncharge_bytes(&self, bytes: usize) {
         let tree = self.node().tree();
         tree.stocks.refill_obj(tree.cpus.current(), self.node, bytes, true);

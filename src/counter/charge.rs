@@ -73,6 +73,14 @@ impl<'p> Counter<'p> {
         debug_assert!(result.is_ok(), "chargetree: uncharge of more than was charged: {result:?}");
     }
 
+    /// Uncharges `n` for the library's own bookkeeping (stock drains, parked bytes): an
+    /// over-uncharge found there was made earlier by a caller, so it is clamped and counted
+    /// but never asserted here, far from its cause.
+    #[inline]
+    pub(crate) fn uncharge_counted(&self, n: usize) {
+        let _ = self.try_uncharge(n);
+    }
+
     /// Uncharges `n` like [`Counter::uncharge`], but reports an over-uncharge as
     /// [`Underflow`] instead of asserting. The clamp has been applied and counted when the
     /// error is returned; the counters balance.

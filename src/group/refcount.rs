@@ -165,7 +165,7 @@ impl RefCount {
         // ORDERING: Release, as in `put`; the zero-observer's Acquire fence pairs with it.
         let old = self.central.fetch_sub(ONE, Ordering::Release);
         debug_assert!(old != 0, "chargetree: reference count underflow");
-                if old == ONE {
+        if old == ONE {
             // ORDERING: Acquire fence pairs with every Release decrement before this one.
             // ThreadSanitizer does not understand fences (bytes' `release_shared` note), so
             // under it an Acquire load of the same word does the job.

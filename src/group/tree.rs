@@ -568,7 +568,7 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
             panic!("chargetree: invalid root spec: {e}");
         }
         let shards = config.refcount_shards.unwrap_or_else(|| config.cpus.count().clamp(1, 16));
-        let stocks = Stocks::new(config.cpus.count(), config.batch);
+        let stocks = Stocks::new(config.cpus.count(), config.batch, config.unit_bytes);
         let inner = NonNull::from(Box::leak(Box::new(TreeInner {
             cpus: config.cpus,
             epoch: Epoch::new(),

@@ -111,6 +111,8 @@ type Taken<P, const K: usize> = ArrayVec<(NonNull<Node<P, K>>, usize), K>;
 pub(crate) struct Stocks<P: CpuProvider, const K: usize> {
     cpus: Box<[CpuStock<P, K>]>,
     pub(crate) batch: usize,
+    /// Bytes per unit, for the object stock (the tree's `unit_bytes`).
+    unit_bytes: usize,
     asymmetric: bool,
     draining: AtomicBool,
     /// Set when the tree is dropped: refills stop caching (nothing could drain them later).
@@ -120,7 +122,7 @@ pub(crate) struct Stocks<P: CpuProvider, const K: usize> {
 impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     /// `count` CPU slots with `batch` units per group at most. `batch == 0` disables stocks
     /// (every operation then misses: `n > 0 = batch`, and `n == 0` finds nothing to take).
-    pub(crate) fn new(count: usize, batch: usize) -> Self {
+    pub(crate) fn new(count: usize, batch: usize, unit_bytes: usize) -> Self {
         // Exactly `count` slots, even with stocks disabled: `slot` relies on it.
         let cpus: Vec<CpuStock<P, K>> = (0..count)
             .map(|_| CpuStock {
@@ -144,6 +146,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         Self {
             cpus: cpus.into_boxed_slice(),
             batch,
+            unit_bytes,
             asymmetric: !cpus_is_empty_or_loom(count) && barrier::asymmetric_available(),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -218,7 +221,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     }
 
     /// Takes `n` units for `node` from this CPU's stock. Never touches the counters.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn consume(&self, cpu: Option<usize>, node: NonNull<Node<P, K>>, n: usize) -> bool {
         if n > self.batch {
             return false;
@@ -251,7 +254,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         let s = match self.slot(cpu) {
             Some(s) if n <= self.batch && !self.is_closed() && self.enter(s) => s,
             _ => {
-                nref.counter.uncharge(n);
+                nref.counter.uncharge_counted(n);
                 return;
             }
         };
@@ -295,7 +298,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         }
         self.exit(s);
         if excess > 0 {
-            nref.counter.uncharge(excess);
+            nref.counter.uncharge_counted(excess);
         }
         give_back(taken);
     }
@@ -303,7 +306,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     /// Uncharges `n` of `node` into this CPU's stock if it caches `node` (the excess above
     /// the batch goes to the counters); returns `false` if it does not (the caller uncharges
     /// the counters).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn uncharge_cached(&self, cpu: Option<usize>, node: NonNull<Node<P, K>>, n: usize) -> bool {
         if n > self.batch {
             return false;
@@ -328,7 +331,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
             Some(0) => true,
             Some(excess) => {
                 // SAFETY: the caller holds a reference on `node`.
-                unsafe { node.as_ref() }.counter.uncharge(excess);
+                unsafe { node.as_ref() }.counter.uncharge_counted(excess);
                 true
             }
             None => false,
@@ -363,6 +366,10 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         if self.draining.swap(true, Ordering::Acquire) {
             return None;
         }
+        // Whatever happens below (a filter or an uncharge may panic), every flag this drain
+        // set is cleared when it ends, or the stocks it flagged would stay disabled and every
+        // later drain would be refused.
+        let _release = DrainGuard(self);
         // Step 1: flag every slot that has an occupied entry (a racy pre-check: the pointers
         // are only compared with null here, never dereferenced).
         let mut flagged = false;
@@ -412,13 +419,11 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
                 returned += give_back(taken);
             }
         }
-        // ORDERING: Release, see the swap above.
-        self.draining.store(false, Ordering::Release);
         Some(returned)
     }
 
     /// Takes `bytes` for `obj` from this CPU's object stock.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn consume_obj(&self, cpu: Option<usize>, obj: NonNull<ObjNode<P, K>>, bytes: usize) -> bool {
         let Some(s) = self.slot(cpu) else { return false };
         if !self.enter_on(&s.obj.busy, &s.steal.objs) {
@@ -442,7 +447,38 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     /// first and re-seeded with `obj`'s parked remainder. With `allow_uncharge`, whole units
     /// beyond the stock's last unit are returned to the group that owns `obj` by then. Without
     /// a usable stock, the bytes are parked in `obj` (whole units uncharged).
+    #[inline(always)]
     pub(crate) fn refill_obj(
+        &self,
+        cpu: Option<usize>,
+        obj: NonNull<ObjNode<P, K>>,
+        bytes: usize,
+        allow_uncharge: bool,
+    ) {
+        // Fast path: this CPU caches `obj` and the bytes stay within a unit (or may exceed
+        // it): one add under the stock, as `consume_obj`.
+        if let Some(s) = self.slot(cpu) {
+            if self.enter_on(&s.obj.busy, &s.steal.objs) {
+                // ORDERING: Relaxed; the stock is held (protocol S).
+                if s.obj.obj.load(Ordering::Relaxed) == obj.as_ptr() {
+                    let have = s.obj.bytes.load(Ordering::Relaxed);
+                    if let Some(total) = have.checked_add(bytes) {
+                        if !allow_uncharge || total <= self.unit_bytes {
+                            s.obj.bytes.store(total, Ordering::Relaxed);
+                            Self::exit_on(&s.obj.busy);
+                            return;
+                        }
+                    }
+                }
+                Self::exit_on(&s.obj.busy);
+            }
+        }
+        self.refill_obj_slow(cpu, obj, bytes, allow_uncharge);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refill_obj_slow(
         &self,
         cpu: Option<usize>,
         obj: NonNull<ObjNode<P, K>>,
@@ -476,7 +512,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
             have = o.take_charged_bytes();
             allow_uncharge = true;
         }
-        let unit = o.tree().unit_bytes;
+        let unit = self.unit_bytes;
         let (keep, units_out, stray) = match have.checked_add(bytes) {
             Some(total) if allow_uncharge && total > unit => (total % unit, total / unit, 0),
             Some(total) => (total, 0, 0),
@@ -487,7 +523,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         Self::exit_on(&s.obj.busy);
         give_back_obj(old);
         if units_out > 0 {
-            o.current_group().uncharge(units_out);
+            o.current_group().uncharge_counted(units_out);
         }
         if stray > 0 {
             o.flush_bytes(stray);
@@ -523,6 +559,23 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     }
 }
 
+/// Clears a drain's flags when the drain ends, also by unwinding.
+struct DrainGuard<'a, P: CpuProvider, const K: usize>(&'a Stocks<P, K>);
+
+impl<P: CpuProvider, const K: usize> Drop for DrainGuard<'_, P, K> {
+    fn drop(&mut self) {
+        for s in self.0.cpus.iter() {
+            // ORDERING: Release, as for each slot in `drain_all` (a no-op for slots already
+            // cleared there: only the drainer writes these flags, and it still holds the
+            // drain flag).
+            s.steal.units.store(false, Ordering::Release);
+            s.steal.objs.store(false, Ordering::Release);
+        }
+        // ORDERING: Release pairs with the Acquire swap at the start of the next drain.
+        self.0.draining.store(false, Ordering::Release);
+    }
+}
+
 /// Empties the entries of `s` whose group satisfies `filter`. The caller holds the slot.
 fn take_entries<P: CpuProvider, const K: usize>(
     s: &CpuStock<P, K>,
@@ -550,7 +603,7 @@ fn give_back<P: CpuProvider, const K: usize>(taken: Taken<P, K>) -> usize {
     let mut units = 0;
     for (g, u) in taken {
         // SAFETY: the entry's reference was moved to us with the entry.
-        unsafe { g.as_ref() }.counter.uncharge(u);
+        unsafe { g.as_ref() }.counter.uncharge_counted(u);
         units += u;
         // SAFETY: that reference, given up.
         unsafe { Node::put(g) };
