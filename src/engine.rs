@@ -282,7 +282,9 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
                 }
                 continue;
             }
-            let over = node.ancestor(level);
+            let over_ptr = self.ancestor_ptr(level);
+            // SAFETY: an ancestor of this handle's node, kept alive by the handle.
+            let over = unsafe { over_ptr.as_ref() };
             if options.no_reclaim {
                 break over;
             }
@@ -294,7 +296,9 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
                 Some(r) => {
                     // The over-limit group is this group or an ancestor, which this handle
                     // keeps alive: a plain get is legal.
-                    let over_group = over.handle();
+                    // SAFETY: `over_ptr` is the stored parent pointer of a node this handle
+                    // keeps referenced.
+                    let over_group = unsafe { Node::handle(over_ptr) };
                     r.reclaim(&over_group, n)
                 }
                 None => 0,
@@ -433,22 +437,33 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     }
 }
 
-impl<P: CpuProvider, const K: usize> Node<P, K> {
-    /// The ancestor `level` parents up (0 = this node).
-    pub(crate) fn ancestor(&self, level: usize) -> &Node<P, K> {
-        let mut n = self;
+impl<P: CpuProvider, const K: usize> Group<P, K> {
+    /// The ancestor `level` parents up (0 = this group's node), as the pointer the tree
+    /// stores (so a handle made from it may one day free the node through it).
+    pub(crate) fn ancestor_ptr(&self, level: usize) -> NonNull<Node<P, K>> {
+        let mut n = self.node_ptr();
         for _ in 0..level {
-            n = n.parent().expect("level is within the path");
+            // SAFETY: this handle keeps every ancestor referenced, hence alive.
+            n = unsafe { n.as_ref() }.parent.expect("level is within the path");
         }
         n
     }
+}
 
-    /// A handle to this node; the caller must know the count is non-zero (it holds a
-    /// reference on this node or a descendant).
-    pub(crate) fn handle(&self) -> Group<P, K> {
-        self.refs.get(self.hint());
+impl<P: CpuProvider, const K: usize> Node<P, K> {
+    /// A handle to the node at `this`; the caller must know the count is non-zero (it holds
+    /// a reference on this node or a descendant).
+    ///
+    /// # Safety
+    ///
+    /// `this` is a pointer the tree stores for the node (from its allocation), and the node
+    /// is referenced by the caller, directly or through a descendant.
+    pub(crate) unsafe fn handle(this: NonNull<Self>) -> Group<P, K> {
+        // SAFETY: referenced by the caller, hence alive.
+        let node = unsafe { this.as_ref() };
+        node.refs.get(node.hint());
         // SAFETY: the reference just taken is the handle's.
-        unsafe { Group::from_node(NonNull::from(self)) }
+        unsafe { Group::from_node(this) }
     }
 }
 

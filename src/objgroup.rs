@@ -61,6 +61,10 @@ use crate::sync::{dekker_fence, spin_loop};
 /// Bytes per unit unless the tree is configured otherwise (units are 4 KiB pages).
 pub const DEFAULT_UNIT_BYTES: usize = 4096;
 
+/// The largest unit a tree accepts (1 GiB, the largest huge page): remainders are below a
+/// unit, so parked and cached byte counts stay far from overflow even on 32-bit targets.
+pub const MAX_UNIT_BYTES: usize = 1 << 30;
+
 /// The heap node behind an [`ObjGroup`].
 pub(crate) struct ObjNode<P: CpuProvider, const K: usize> {
     pub(crate) refs: RefCount,
@@ -160,11 +164,12 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
     /// Points this node at `parent` (protocol R, reparenter side). Returns the reference the
     /// node held on its previous owner; the caller puts it. Caller holds the topology flag
     /// and a reference on `parent`.
-    pub(crate) fn reparent(&self, parent: &Node<P, K>) -> NonNull<Node<P, K>> {
-        parent.refs.get(parent.hint());
-        let new: *const Node<P, K> = parent;
+    pub(crate) fn reparent(&self, parent: NonNull<Node<P, K>>) -> NonNull<Node<P, K>> {
+        // SAFETY: the caller holds a reference on `parent`.
+        let p = unsafe { parent.as_ref() };
+        p.refs.get(p.hint());
         // ORDERING: SeqCst, step 1 of protocol R (reparenter).
-        let old = self.group.swap(new.cast_mut(), Ordering::SeqCst);
+        let old = self.group.swap(parent.as_ptr(), Ordering::SeqCst);
         dekker_fence();
         // ORDERING: SeqCst loads, step 3 of protocol R: pairs with the reader's SeqCst
         // increment; the Acquire half orders the reader's work before our put.
@@ -370,8 +375,13 @@ impl<P: CpuProvider, const K: usize> ObjGroup<P, K> {
         let unit = tree.unit_bytes;
         let units = bytes / unit + usize::from(bytes % unit != 0);
         let group = self.node().current_group();
-        let charged = group.charge_with(units, options)?;
-        let rem = units * unit - bytes;
+        let charged = group.charge_with(units, options).map_err(|e| match e {
+            ChargeFailure::TooLarge { .. } => ChargeFailure::TooLarge { requested: bytes },
+            other => other,
+        })?;
+        // What the rounding charged beyond `bytes` (computed without `units * unit`, which
+        // can overflow for absurd sizes).
+        let rem = if bytes % unit == 0 { 0 } else { unit - bytes % unit };
         if rem > 0 {
             // The remainder is charged but not used: park it, without uncharging whole units
             // (Linux's `allow_uncharge = false`), so the next small charge finds it.
@@ -380,8 +390,10 @@ impl<P: CpuProvider, const K: usize> ObjGroup<P, K> {
         Ok(charged)
     }
 
-    /// Uncharges `bytes` into this CPU's object stock; whole units beyond one are returned
-    /// to the group that owns this `ObjGroup` by then (the parent, after reparenting).
+    /// Uncharges `bytes` into this CPU's object stock; once the stock holds more than a unit,
+    /// all its whole units are returned to the group that owns this `ObjGroup` by then (the
+    /// parent, after reparenting). Uncharging more than was charged is clamped and counted
+    /// on the counters (never asserted: the bytes may reach them much later).
     #[inline(always)]
     pub fn uncharge_bytes(&self, bytes: usize) {
         let tree = self.node().tree();

@@ -362,8 +362,10 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     pub fn obj_group(&self) -> Option<ObjGroup<P, K>> {
         let tree = self.node().tree();
         let _guard = tree.pin_internal();
-        let mut n = Some(self.node());
-        while let Some(x) = n {
+        let mut n = Some(self.node_ptr());
+        while let Some(xp) = n {
+            // SAFETY: this group or an ancestor, kept alive by this handle.
+            let x = unsafe { xp.as_ref() };
             // ORDERING: Acquire pairs with the Release store in `install_obj` and the AcqRel
             // swap at offline.
             if let Some(o) = NonNull::new(x.active_obj.load(Ordering::Acquire)) {
@@ -375,21 +377,22 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
                     return Some(unsafe { ObjGroup::from_node(o) });
                 }
             } else if x.is_online() {
-                if let Some(o) = Self::install_obj(x) {
+                if let Some(o) = Self::install_obj(xp) {
                     return Some(o);
                 }
                 continue; // lost a race (another creator, or an offline): look again
             }
-            n = x.parent();
+            n = x.parent;
         }
         None
     }
 
     /// Creates `x`'s own `ObjGroup` and installs it as active, unless `x` went offline or
     /// got one meanwhile. Returns a handle to the new one.
-    fn install_obj(x: &Node<P, K>) -> Option<ObjGroup<P, K>> {
+    fn install_obj(xp: NonNull<Node<P, K>>) -> Option<ObjGroup<P, K>> {
+        // SAFETY: the caller's handle keeps `xp` (this group or an ancestor) alive.
+        let x = unsafe { xp.as_ref() };
         let tree = x.tree();
-        let xp = NonNull::from(x);
         // Two references: the group's active one and the returned handle.
         // SAFETY: the caller's handle keeps `x` referenced (it is this group or an ancestor),
         // so the reference `alloc` takes on it is legal; the tree outlives the node.

@@ -357,7 +357,7 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
             let mut o = (*this.as_ptr()).objgroups.with(|h| *h);
             let mut tail = ptr::null_mut();
             while let Some(obj) = NonNull::new(o) {
-                let old = obj.as_ref().reparent(parent.as_ref());
+                let old = obj.as_ref().reparent(parent);
                 debug_assert!(old == this, "an ObjGroup on a group's list points at that group");
                 moved += 1;
                 tail = o;
@@ -411,7 +411,7 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
             parent.topo.with_mut(|t| unsafe { (*t).online_children -= 1 });
             // SAFETY: topology flag held; we hold a reference on this node, which holds one
             // on its parent.
-            moved = unsafe { Self::reparent_objs(this, NonNull::from(parent)) };
+            moved = unsafe { Self::reparent_objs(this, node.parent.expect("not the root")) };
             // ORDERING: AcqRel; pairs with the Acquire load in `Group::obj_group`.
             active = node.active_obj.swap(ptr::null_mut(), Ordering::AcqRel);
         }

@@ -140,10 +140,12 @@ impl<P: CpuProvider, const K: usize> TreeConfig<P, K> {
     }
 
     /// Bytes per unit for byte-granular charging through [`ObjGroup`](crate::objgroup::ObjGroup)s
-    /// (default 4096: units are pages). 0 is treated as 1.
+    /// (default 4096: units are pages). Clamped to `1..=`[`MAX_UNIT_BYTES`](crate::objgroup::MAX_UNIT_BYTES)
+    /// (1 GiB, the largest huge page), so that byte remainders, always below a unit, can be
+    /// summed without overflow.
     #[must_use]
     pub fn unit_bytes(mut self, bytes: usize) -> Self {
-        self.unit_bytes = bytes.max(1);
+        self.unit_bytes = bytes.clamp(1, crate::objgroup::MAX_UNIT_BYTES);
         self
     }
 
@@ -178,8 +180,9 @@ pub struct TreeStats {
     pub freed: usize,
     /// Charges forced past a limit because the caller asked for no-fail.
     pub forced: usize,
-    /// Sub-unit bytes left in released `ObjGroup`s (objects uncharged other byte counts than
-    /// they charged: a caller bug, counted here, never charged to anyone).
+    /// Sub-unit bytes left in released `ObjGroup`s: objects uncharged other byte counts than
+    /// they charged (a caller bug, counted here). After over-uncharges they were never
+    /// charged; after under-uncharges they are the unused part of a unit that stays charged.
     pub stray_bytes: usize,
     /// `ObjGroup`s created (one per group).
     pub objgroups_created: usize,
@@ -716,9 +719,17 @@ impl<P: CpuProvider, const K: usize> Drop for Tree<P, K> {
             // ORDERING: Relaxed; read and written under the topology flag.
             self.inner().closing.store(true, Ordering::Relaxed);
         }
-        // Give every cached unit and stock reference back, and cache no more.
+        // Give every cached unit and stock reference back, and cache no more. Once closed, no
+        // entry is installed, so draining until every stock is empty terminates (a CPU inside
+        // an operation is retried when it leaves it).
         self.inner().stocks.close();
-        self.inner().drain_stocks_blocking(None);
+        loop {
+            self.inner().drain_stocks_blocking(None);
+            if self.inner().stocks.is_empty() {
+                break;
+            }
+            crate::sync::spin_loop();
+        }
         // Take every group offline, children first (post-order = reverse pre-order). No
         // group can be created from here on, so the snapshot is complete.
         let groups = self.groups();

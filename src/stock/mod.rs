@@ -155,9 +155,8 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
 
     /// Stops new stock entries (the tree is being dropped); the caller drains afterwards.
     pub(crate) fn close(&self) {
-        // ORDERING: SeqCst: a refill that starts after the tree's final drain must see it;
-        // pairs with the SeqCst loads in `is_closed` (a refill that missed it installed its
-        // entry before the drain's barrier, which then takes it).
+        // ORDERING: SeqCst: pairs with the SeqCst loads in `is_closed`. A refill that missed
+        // it may still install an entry; `Tree::drop` drains until every stock is empty.
         self.closed.store(true, Ordering::SeqCst);
     }
 
@@ -537,10 +536,19 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         for s in self.cpus.iter() {
             // ORDERING: Relaxed; racy statistic.
             if s.obj.obj.load(Ordering::Relaxed) == obj.as_ptr() {
-                sum += s.obj.bytes.load(Ordering::Relaxed);
+                sum = s.obj.bytes.load(Ordering::Relaxed).saturating_add(sum);
             }
         }
         sum
+    }
+
+    /// Whether no stock has an entry (racy unless the stocks are closed and drained).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.cpus.iter().all(|s| {
+            // ORDERING: Relaxed; after `close`, entries only disappear.
+            s.owned.groups.iter().all(|g| g.load(Ordering::Relaxed).is_null())
+                && s.obj.obj.load(Ordering::Relaxed).is_null()
+        })
     }
 
     /// Sum of the units cached for `node` on every CPU. Racy (a statistic): entries change
