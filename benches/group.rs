@@ -51,6 +51,18 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|iters| on_threads(2, iters, &group, |gr| drop(black_box(black_box(gr).clone()))))
     });
     g.finish();
+
+    // An object's owner cell: load under a guard and take a durable handle with tryget.
+    let cell = chargetree::group::OwnerCell::new(group.clone());
+    let mut g = c.benchmark_group("owner cell");
+    g.bench_function("read + tryget + drop, 1 thread", |b| {
+        let guard = tree.pin();
+        b.iter(|| drop(black_box(cell.get(&guard))))
+    });
+    g.bench_function("Arc clone + drop (baseline), 1 thread", |b| {
+        b.iter(|| drop(black_box(Arc::clone(black_box(&arc)))))
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);

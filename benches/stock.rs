@@ -16,6 +16,13 @@
 //! and ≤ 2.5 × the thread-local pair; two threads on one group within 1.3 × one thread; at
 //! two threads ≥ 10 × faster than the shared atomic.
 //!
+//! * `Mutex<model> depth 4`: the crate's sequential reference model behind a `Mutex`, one
+//!   and two threads: what a straightforward locked design costs.
+//! * `engine at the limit`: a charge that fails after the whole slow path.
+//! * `drain_all`: N groups with units cached on impersonated CPUs, taken back by one
+//!   `drain_all` (one heavy barrier for all slots), next to refilling and draining each CPU
+//!   locally.
+//!
 //! Two-thread cases time only the loop (barrier start; the slowest thread's time).
 
 use std::cell::Cell;
@@ -57,6 +64,32 @@ fn chain(tree: &Tree, depth: usize) -> Group {
         g = g.create_child(GroupSpec::new().max(1 << 40)).unwrap();
     }
     g
+}
+
+/// A depth-4 hierarchical counter for one thread at a time (the mutex baseline).
+struct Locked {
+    usage: [usize; 4],
+    max: [usize; 4],
+}
+
+impl Locked {
+    fn try_charge(&mut self, n: usize) -> Result<(), usize> {
+        for level in 0..4 {
+            if self.usage[level] + n > self.max[level] {
+                return Err(level);
+            }
+        }
+        for u in &mut self.usage {
+            *u += n;
+        }
+        Ok(())
+    }
+
+    fn uncharge(&mut self, n: usize) {
+        for u in &mut self.usage {
+            *u -= n;
+        }
+    }
 }
 
 fn stocked_pair(g: &Group) {
@@ -118,7 +151,69 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+    // The baseline a simple design would use: a sequential hierarchical counter behind a
+    // mutex (usage and max per level, check every level, then add).
+    let model = std::sync::Mutex::new(Locked { usage: [0; 4], max: [1 << 40; 4] });
+    g.bench_function("Mutex<model> depth 4, 1 thread", |b| {
+        b.iter(|| {
+            let mut m = model.lock().unwrap();
+            m.try_charge(black_box(1)).unwrap();
+            m.uncharge(black_box(1));
+        })
+    });
+    g.bench_function("Mutex<model> depth 4, 2 threads", |b| {
+        b.iter_custom(|iters| {
+            on_threads(2, iters, &model, |m| {
+                let mut m = m.lock().unwrap();
+                m.try_charge(black_box(1)).unwrap();
+                m.uncharge(black_box(1));
+            })
+        })
+    });
+    // The engine's slow path at the limit: batch, exact retry, reclaim (none installed),
+    // drain, 16 retries, then the typed failure.
+    let full = leaf.create_child(GroupSpec::new().max(10)).unwrap();
+    let _held = full.try_charge(10).unwrap();
+    g.bench_function("engine at the limit (failing charge)", |b| {
+        b.iter(|| black_box(full.try_charge(black_box(1)).is_err()))
+    });
     g.finish();
+
+    // drain_all over N groups cached on impersonated CPUs (8 per CPU slot): filling the
+    // stocks is part of each iteration, so it is measured alone first as the baseline.
+    let mut d = c.benchmark_group("drain_all");
+    let ttree =
+        Tree::with_config(chargetree::group::TreeConfig::with_cpus(chargetree::cpu::TestCpus::new(32)));
+    for n in [1usize, 16, 256] {
+        let gs: Vec<Group<chargetree::cpu::TestCpus>> =
+            (0..n).map(|_| ttree.root().create_child(GroupSpec::new()).unwrap()).collect();
+        let fill = |gs: &[Group<chargetree::cpu::TestCpus>]| {
+            for (i, g) in gs.iter().enumerate() {
+                chargetree::cpu::TestCpus::run_on(i / 8, || {
+                    let _ = g.try_charge(1).unwrap();
+                    g.uncharge(1);
+                });
+            }
+        };
+        d.bench_function(format!("fill {n} groups + drain_local on each CPU (baseline)"), |b| {
+            b.iter(|| {
+                fill(&gs);
+                for cpu in 0..n.div_ceil(8) {
+                    chargetree::cpu::TestCpus::run_on(cpu, || black_box(ttree.drain_local()));
+                }
+            })
+        });
+        d.bench_function(format!("fill {n} groups + drain_all"), |b| {
+            b.iter(|| {
+                fill(&gs);
+                black_box(ttree.drain_all(&ttree.root()));
+            })
+        });
+        for g in &gs {
+            g.offline().unwrap();
+        }
+    }
+    d.finish();
 
     // More groups charging on one CPU than the stock has entries.
     let mut t = c.benchmark_group("stock thrash");
