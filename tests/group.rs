@@ -1303,7 +1303,7 @@ fn move_charge_precharges_through_the_common_ancestor() {
 /// outside handle of F. Every counter balances, F is freed exactly once, and never while a
 /// cell still points at it.
 fn move_vs_offline<P: CpuProvider>(tree: Tree<P>, log: Arc<Log>, impersonate: bool) {
-    let rounds = scaled(3000, 40);
+    let rounds = scaled(3000, 16);
     let root = tree.root();
     let p = child(&root, "p");
     let f = child(&p, "F");
@@ -1719,7 +1719,7 @@ struct Shared<P: CpuProvider> {
 
 fn stress<P: CpuProvider>(tree: Tree<P>, log: Arc<Log>, impersonate: bool) {
     const THREADS: usize = 4;
-    let ops = scaled(3000, 40);
+    let ops = scaled(3000, 16);
     let shared = Shared::<P> {
         pool: Mutex::new(Vec::new()),
         created: Mutex::new(vec![tree.root().id()]),
@@ -1977,7 +1977,7 @@ fn stress_random_operations_balance_thread_cpus() {
 /// inside the collector, which must neither re-enter the cache nor recurse without bound.
 #[test]
 fn detached_drops_while_a_reader_was_pinned_do_not_panic() {
-    let pairs = scaled(400, 20);
+    let pairs = scaled(400, 8);
     let (tree, log) = thread_tree();
     let root = tree.root();
     // Leaves whose parents are held only by them.

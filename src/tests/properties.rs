@@ -49,7 +49,7 @@ fn op(nodes: usize) -> impl Strategy<Value = Op> {
 fn tree_and_ops() -> impl Strategy<Value = (Vec<usize>, Vec<Op>)> {
     (1usize..7).prop_flat_map(|len| {
         let parents = (1..len).map(|i| 0..i).collect::<Vec<_>>();
-        (parents, proptest::collection::vec(op(len), 1..60))
+        (parents, proptest::collection::vec(op(len), 1..if cfg!(miri) { 24 } else { 60 }))
     })
 }
 
