@@ -314,27 +314,25 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         if !self.enter(s) {
             return false;
         }
-        let mut result = None;
         for i in 0..K {
             // ORDERING: Relaxed; slot held (protocol S).
             if s.owned.groups[i].load(Ordering::Relaxed) == node.as_ptr() {
                 let u = s.owned.units[i].load(Ordering::Relaxed) + n;
-                let keep = u.min(self.batch);
-                s.owned.units[i].store(keep, Ordering::Relaxed);
-                result = Some(u - keep);
-                break;
+                if u <= self.batch {
+                    s.owned.units[i].store(u, Ordering::Relaxed);
+                    self.exit(s);
+                    return true;
+                }
+                s.owned.units[i].store(self.batch, Ordering::Relaxed);
+                self.exit(s);
+                // Above the batch: the excess goes back to the counters.
+                // SAFETY: the caller holds a reference on `node`.
+                unsafe { node.as_ref() }.counter.uncharge_counted(u - self.batch);
+                return true;
             }
         }
         self.exit(s);
-        match result {
-            Some(0) => true,
-            Some(excess) => {
-                // SAFETY: the caller holds a reference on `node`.
-                unsafe { node.as_ref() }.counter.uncharge_counted(excess);
-                true
-            }
-            None => false,
-        }
+        false
     }
 
     /// Returns this CPU's cached units to the counters and drops the entries' references.
