@@ -258,10 +258,17 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
         let tree = node.tree();
         let stocks = &tree.stocks;
         // No batching once the tree is being dropped: nothing could drain a new stock entry.
+        // (An offline group is still batched, as in Linux: its entry pins it until evicted
+        // or drained, which `drain_all` of any ancestor does.)
         let mut batch =
             if stocks.batch == 0 || n > stocks.batch || stocks.is_closed() { n } else { stocks.batch };
         let mut retries = tree.max_retries;
-        let mut room_retries = tree.max_retries.saturating_add(1);
+        // Room retries are granted per failing level, going up only: a reclaim at a parent
+        // that makes room gets its own budget after the child's is spent (bounded overall by
+        // the depth times the budget).
+        let room_budget = tree.max_retries.saturating_add(1);
+        let mut room_retries = room_budget;
+        let mut room_level = 0;
         let mut drained = false;
         let mut max_raised = false;
         let over: &Node<P, K> = loop {
@@ -281,6 +288,10 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
                     return Ok(Charged::default());
                 }
                 continue;
+            }
+            if level > room_level {
+                room_level = level;
+                room_retries = room_budget;
             }
             let over_ptr = self.ancestor_ptr(level);
             // SAFETY: an ancestor of this handle's node, kept alive by the handle.
@@ -476,7 +487,9 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
         node.tree().stocks.drain_all(|g| g.is_descendant_of(node))
     }
 
-    /// Returns the calling CPU's stocked units to the counters; returns them.
+    /// Returns the calling CPU's stocked units to the counters and drops its stock references
+    /// (the object stock first: its whole units pass through the unit entries). Returns the
+    /// units returned from the unit entries.
     pub fn drain_local(&self) -> usize {
         let tree = self.inner();
         tree.stocks.drain_local(tree.cpus.current())
