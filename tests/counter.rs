@@ -30,7 +30,7 @@ const M: usize = 256;
 
 /// Iterations of the randomised and threaded tests (small under miri).
 const fn scaled(n: usize) -> usize {
-    if cfg!(miri) { n / 100 + 1 } else { n }
+    if cfg!(miri) { n / 400 + 1 } else { n }
 }
 
 /// Checks I3 for one node: `x_usage = min(usage, x)` if it has a parent and tracks protection,
