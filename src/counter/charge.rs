@@ -77,6 +77,7 @@ impl<'p> Counter<'p> {
     /// over-uncharge found there was made earlier by a caller, so it is clamped and counted
     /// but never asserted here, far from its cause.
     #[inline]
+    #[cfg(feature = "alloc")]
     pub(crate) fn uncharge_counted(&self, n: usize) {
         let _ = self.try_uncharge(n);
     }

@@ -44,7 +44,9 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use crate::padded::CachePadded;
-use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+#[cfg(not(chargetree_sanitize_thread))]
+use crate::sync::atomic::fence;
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 const DEAD: usize = 1;
 const ONE: usize = 2;
