@@ -125,7 +125,7 @@ fn bench(c: &mut Criterion) {
     let objgroup = leaf.obj_group().unwrap();
     g.bench_function("64-byte object pair, 1 thread", |b| {
         b.iter(|| {
-                        let c = objgroup.charge_bytes(black_box(64)).unwrap();
+            let c = objgroup.charge_bytes(black_box(64)).unwrap();
             black_box(c.over_high.is_some());
             objgroup.uncharge_bytes(black_box(64));
         })
