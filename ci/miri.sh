@@ -16,11 +16,11 @@ source "$(dirname "$0")/common.sh"
 export PROPTEST_DISABLE_FAILURE_PERSISTENCE=1
 mkdir -p target
 MIRIFLAGS="-Zmiri-strict-provenance" CARGO_TARGET_DIR=target/miri-strict \
-  cargo +nightly miri test --lib --test counter > target/miri-strict.log 2>&1 &
+  cargo +nightly miri test --lib --test counter -- -Zunstable-options --report-time > target/miri-strict.log 2>&1 &
 strict=$!
 tb=0
 MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-permissive-provenance -Zmiri-disable-isolation" \
-  cargo +nightly miri test --test group --test alloc_safety --test engine --test objgroup --test fuzz_replay \
+  cargo +nightly miri test --test group --test alloc_safety --test engine --test objgroup --test fuzz_replay -- -Zunstable-options --report-time \
   || tb=1
 rc=0
 wait "$strict" || rc=1
