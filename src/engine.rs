@@ -257,7 +257,8 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
         let node = self.node();
         let tree = node.tree();
         let stocks = &tree.stocks;
-        // No batching once the tree is being dropped: nothing could drain a new stock entry.
+        // No batching once the tree is being dropped (a hint here: `refill` re-checks inside
+        // the stock and gives the excess back if it raced with the close).
         // (An offline group is still batched, as in Linux: its entry pins it until evicted
         // or drained, which `drain_all` of any ancestor does.)
         let mut batch =

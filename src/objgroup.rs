@@ -279,8 +279,13 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
         // O2: a whole number of units. A remainder means the caller uncharged different
         // byte counts than it charged; it is counted as forgiven on the owner below.
         let (units, stray) = (parked / unit, parked % unit);
-        // SAFETY: the reference this node held on its owner.
-        let owner = unsafe { Group::from_node(NonNull::new_unchecked(owner)) };
+        // SAFETY: a node's owner pointer is never null.
+        let owner_ptr = unsafe { NonNull::new_unchecked(owner) };
+        // The reference this node held on its owner is given up with `put_in_collector`
+        // below, not by dropping a handle: a handle's drop would pump reclamation from inside
+        // the collector, where nothing can be freed (the collector's own pin holds the epoch).
+        // SAFETY: borrowed from that reference, which is alive until the put.
+        let owner = core::mem::ManuallyDrop::new(unsafe { Group::from_node(owner_ptr) });
         if units > 0 {
             owner.counter().uncharge_counted(units);
         }
@@ -290,7 +295,9 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
         // SAFETY: allocated by `alloc` with `Box::leak`, freed once, here.
         drop(unsafe { Box::from_raw(this.as_ptr()) });
         tree.note_obj_freed();
-        drop(owner);
+        // SAFETY: the owner reference above; we run inside the collector, driven by a
+        // reclamation loop of this tree.
+        unsafe { Node::put_in_collector(owner_ptr) };
     }
 }
 

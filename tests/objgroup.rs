@@ -1801,6 +1801,43 @@ fn sibling_objgroups_under_concurrent_offline_balance_on_thread_cpus() {
     siblings_charge_while_some_go_offline(TreeConfig::with_cpus(ThreadCpus::new(16)), workers, |_, f| f());
 }
 
+/// The last `ObjGroup` handles of a dropped tree, reparented to the root, go last: freeing
+/// each one (inside the epoch collector) puts its group, and the last of those puts releases
+/// the root from inside the collector. The same pump must then free the root and the tree's
+/// bookkeeping, whatever the depth the handles came from. (The stress test below found a
+/// rare leak on this path: the group put from inside the collector started a nested pump
+/// that could free nothing, and the outer pump's fixed round budget could run out before
+/// the root was freed. The budget part is pinned down deterministically by
+/// `detached_chains_are_freed_when_their_last_handle_goes` in tests/group.rs.)
+#[test]
+fn the_last_objgroups_of_a_dropped_tree_free_the_root() {
+    for depth in [1, 3, scaled(60, 12)] {
+        let log = Arc::new(Log::default());
+        let tree = Tree::with_config(
+            TreeConfig::with_cpus(TestCpus::new(2)).unit_bytes(64).observer(Obs(log.clone())),
+        );
+        let mut g = tree.root();
+        let mut objs = Vec::new();
+        for _ in 0..depth {
+            g = child(&g);
+            let o = g.obj_group().unwrap();
+            let _ = on(0, || o.charge_bytes(100).unwrap()); // 2 units, 28 bytes in the stock
+            objs.push(o);
+        }
+        let created = tree.stats().created;
+        drop(g);
+        drop(tree); // offlines everything: every ObjGroup now points at the root
+        for (i, o) in objs.iter().enumerate() {
+            assert_eq!(o.group().id(), GroupId(0), "depth {depth}: ObjGroup {i} reparented");
+            on(1, || o.uncharge_bytes(100));
+        }
+        drop(objs);
+        assert_eq!(log.total(Ev::Freed), created, "depth {depth}: every group freed: {log:?}");
+        assert_eq!(Arc::strong_count(&log), 1, "depth {depth}: the tree's bookkeeping is freed");
+        log.check();
+    }
+}
+
 /// Dropping the tree while other threads still charge and uncharge bytes through their
 /// `ObjGroup` handles (allowed: handles outlive the tree). Once the threads are done and their
 /// handles dropped, every group and the tree's bookkeeping must be freed.

@@ -189,6 +189,28 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
         }
     }
 
+    /// [`Node::put`] for code running inside the epoch collector (a deferred `free`): if this
+    /// was the last reference, the node is queued for freeing but not pumped. A pump from
+    /// there would pin inside the collector's own pinned region, where the epoch cannot
+    /// advance far enough to free anything; the reclamation loop that is running the
+    /// collector picks the node up in its next round instead.
+    ///
+    /// # Safety
+    ///
+    /// As [`Node::put`], and the caller runs inside a reclamation loop of `this`'s tree
+    /// (`TreeInner::reclaim_pumped` or an explicit reclaim), which goes on while released
+    /// nodes are queued.
+    pub(crate) unsafe fn put_in_collector(this: NonNull<Self>) {
+        // SAFETY: the caller owns a reference, so the node is alive.
+        let node = unsafe { this.as_ref() };
+        if node.refs.put(node.hint()) {
+            let tree = node.tree();
+            tree.note_released(node.id);
+            // Detached or not, the running loop reclaims it (see above).
+            let _detached = tree.push_released(this);
+        }
+    }
+
     /// The last reference is gone: queue the node for freeing. Allocation-free and lock-free,
     /// so it may run inside an allocator.
     ///
@@ -239,17 +261,9 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
         let tree = unsafe { tree_ptr.as_ref() };
         tree.note_freed(id);
         match parent {
-            Some(p) => {
-                // SAFETY: the reference this node held on its parent, given up now; the parent
-                // is alive until this put.
-                let pn = unsafe { p.as_ref() };
-                if pn.refs.put(pn.hint()) {
-                    tree.note_released(pn.id);
-                    // Inside the collector: no pumping from here (a nested pin would hold
-                    // the epoch back); the caller's reclamation loop picks the parent up.
-                    let _detached = tree.push_released(p);
-                }
-            }
+            // SAFETY: the reference this node held on its parent, given up now; we run inside
+            // the collector, driven by a reclamation loop of this tree.
+            Some(p) => unsafe { Self::put_in_collector(p) },
             // SAFETY: the root is freed last; its ownership share of the tree ends here.
             None => unsafe { TreeInner::release_owner(tree_ptr) },
         }

@@ -19,10 +19,10 @@ use crate::stock::{DEFAULT_BATCH, Stocks};
 use crate::sync::SpinFlag;
 use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering, fence};
 
-/// How many pin–flush rounds [`TreeInner::reclaim_pumped`] tries: each round lets the epoch
-/// advance once, a node is freed two advances after it was deferred, and freeing a child can
-/// release its parent.
-/// Smaller under loom, where every round multiplies the interleavings to explore (loom
+/// How many pin–flush rounds in a row that free nothing [`TreeInner::reclaim_pumped`] tries
+/// before giving up: each round lets the epoch advance once, and a node is freed two
+/// advances after it was deferred (rounds that free something do not count: freeing a child
+/// can release its parent, and so on up the tree). Smaller under loom, where every round multiplies the interleavings to explore (loom
 /// models call [`TreeInner::reclaim_once`] in their concurrent sections).
 const PUMP_ROUNDS: usize = if cfg!(loom) { 16 } else { 64 };
 
@@ -462,12 +462,16 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
         guard.flush();
     }
 
-    /// Reclaims and nudges the collector until every released node is freed, or for at most
-    /// [`PUMP_ROUNDS`] rounds. In a quiescent process everything released is freed before
-    /// this returns; a thread pinned elsewhere holds the epoch back, and what is left is
-    /// freed by later reclamation.
+    /// Reclaims and nudges the collector until every released node is freed, giving up
+    /// after [`PUMP_ROUNDS`] rounds in a row that freed nothing. Frees can release more
+    /// (a freed node puts its parent, a freed `ObjGroup` its group), so a round that made
+    /// progress resets the count: in a quiescent process everything released is freed
+    /// before this returns, however long the chain. A thread pinned elsewhere holds the
+    /// epoch back; what is left then is freed by later reclamation.
     pub(crate) fn reclaim_pumped(&self) {
-        for _ in 0..PUMP_ROUNDS {
+        let mut idle = 0;
+        let mut seen = (usize::MAX, usize::MAX);
+        while idle < PUMP_ROUNDS {
             {
                 let guard = self.pin_internal();
                 self.reclaim_with(&guard);
@@ -482,6 +486,9 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
             {
                 return;
             }
+            let now = (stats.freed, stats.objgroups_freed);
+            idle = if now == seen { idle + 1 } else { 0 };
+            seen = now;
         }
     }
 
@@ -720,12 +727,14 @@ impl<P: CpuProvider, const K: usize> Drop for Tree<P, K> {
             self.inner().closing.store(true, Ordering::Relaxed);
         }
         // Give every cached unit and stock reference back, and cache no more. Once closed, no
-        // entry is installed, so draining until every stock is empty terminates (a CPU inside
-        // an operation is retried when it leaves it).
+        // new entry is installed, so draining until the stocks are drained terminates (a CPU
+        // inside an operation is retried when it leaves it), and the end is final: an owner
+        // that read `closed == false` is still seen busy, or its entry is seen (see
+        // `Stocks::close`).
         self.inner().stocks.close();
         loop {
             self.inner().drain_stocks_blocking(None);
-            if self.inner().stocks.is_empty() {
+            if self.inner().stocks.is_drained() {
                 break;
             }
             crate::sync::spin_loop();

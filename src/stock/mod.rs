@@ -153,17 +153,29 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         }
     }
 
-    /// Stops new stock entries (the tree is being dropped); the caller drains afterwards.
+    /// Stops new stock entries (the tree is being dropped); the caller then drains until
+    /// [`Stocks::is_drained`].
+    ///
+    /// Owners read `closed` only inside their critical section (after `enter`'s barrier),
+    /// so this is the same Dekker pattern as `steal` in protocol S: the store here, then the
+    /// heavy barrier, then (in `is_drained`) the load of each `busy`; on the owner's side
+    /// the store of `busy`, the light barrier, then the load of `closed`. Either the owner
+    /// sees `closed` and installs nothing, or `is_drained` sees its `busy` (or, once it has
+    /// left, the entry it installed) and the caller drains again.
     pub(crate) fn close(&self) {
-        // ORDERING: SeqCst: pairs with the SeqCst loads in `is_closed`. A refill that missed
-        // it may still install an entry; `Tree::drop` drains until every stock is empty.
-        self.closed.store(true, Ordering::SeqCst);
+        // ORDERING: Relaxed store published by the heavy barrier right after it, which
+        // pairs with the light barrier in the owners' `enter_on` (see above).
+        self.closed.store(true, Ordering::Relaxed);
+        barrier::heavy(self.asymmetric);
     }
 
+    /// Whether the tree is being dropped. Only meaningful to an owner inside its critical
+    /// section (see [`Stocks::close`]); elsewhere a hint.
     #[inline]
     pub(crate) fn is_closed(&self) -> bool {
-        // ORDERING: SeqCst, see `close`.
-        self.closed.load(Ordering::SeqCst)
+        // ORDERING: Relaxed; ordered after the owner's `busy` store by `enter_on`'s light
+        // barrier, which pairs with the heavy barrier in `close`.
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// Whether remote drains use `membarrier` (the owner's fast path has no fence).
@@ -251,12 +263,18 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         // SAFETY: the caller holds a reference on `node` (it just charged it).
         let nref = unsafe { node.as_ref() };
         let s = match self.slot(cpu) {
-            Some(s) if n <= self.batch && !self.is_closed() && self.enter(s) => s,
+            Some(s) if n <= self.batch && self.enter(s) => s,
             _ => {
                 nref.counter.uncharge_counted(n);
                 return;
             }
         };
+        // Checked inside the critical section, never before it: see `close`.
+        if self.is_closed() {
+            self.exit(s);
+            nref.counter.uncharge_counted(n);
+            return;
+        }
         let mut taken: Taken<P, K> = ArrayVec::new();
         let mut excess = 0;
         let mut free = None;
@@ -488,8 +506,9 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
             Some(s) if self.enter_on(&s.obj.busy, &s.steal.objs) => s,
             _ => return o.flush_bytes(bytes),
         };
-        // ORDERING: Relaxed; `closed` only ever goes false → true.
-        if self.closed.load(Ordering::Relaxed) && s.obj.obj.load(Ordering::Relaxed) != obj.as_ptr() {
+        // Checked inside the critical section, never before it: see `close`.
+        // ORDERING: Relaxed; the stock is held (protocol S).
+        if self.is_closed() && s.obj.obj.load(Ordering::Relaxed) != obj.as_ptr() {
             // The tree is being dropped: do not install a new entry nothing could drain.
             Self::exit_on(&s.obj.busy);
             return o.flush_bytes(bytes);
@@ -540,11 +559,18 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         sum
     }
 
-    /// Whether no stock has an entry (racy unless the stocks are closed and drained).
-    pub(crate) fn is_empty(&self) -> bool {
+    /// Whether no stock has an entry and no owner is inside a stock. After [`Stocks::close`]
+    /// a `true` is final: every owner that could still install an entry had its `busy` set
+    /// when it read `closed == false`, so it is seen here (see `close`). Before `close`, a
+    /// racy hint.
+    pub(crate) fn is_drained(&self) -> bool {
         self.cpus.iter().all(|s| {
-            // ORDERING: Relaxed; after `close`, entries only disappear.
-            s.owned.groups.iter().all(|g| g.load(Ordering::Relaxed).is_null())
+            // ORDERING: Acquire pairs with the owners' Release store in `exit_on`: with
+            // `busy == 0` seen, the entries they wrote before leaving are visible below.
+            s.owned.busy.load(Ordering::Acquire) == 0
+                && s.obj.busy.load(Ordering::Acquire) == 0
+                // ORDERING: Relaxed; made visible by the Acquire loads above.
+                && s.owned.groups.iter().all(|g| g.load(Ordering::Relaxed).is_null())
                 && s.obj.obj.load(Ordering::Relaxed).is_null()
         })
     }

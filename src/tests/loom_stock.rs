@@ -144,3 +144,39 @@ fn last_put_vs_stock_cached_reference() {
         assert_eq!(tree.root().counter().usage(), 0);
     });
 }
+
+/// Closing the stocks (the first step of dropping a tree) vs an owner whose charge misses and
+/// refills: the owner checks `closed` inside its critical section, and the closer drains until
+/// `is_drained`, which also waits for owners inside a stock (the Dekker pair of
+/// `Stocks::close`). Whatever the interleaving, once the closer is done no entry is cached and
+/// no stock holds a reference; an entry installed after the last drain would leak the group
+/// when the tree goes. (A `closed` check before entering the stock allowed exactly that.)
+#[test]
+fn close_vs_refill() {
+    model(|| {
+        let tree = Arc::new(small_tree(Nothing));
+        let g: Group<TestCpus, 2> = tree.root().create_child(GroupSpec::new()).unwrap();
+        let t2 = tree.clone();
+        let closer = thread::spawn(move || {
+            let inner = t2.inner();
+            inner.stocks.close();
+            loop {
+                inner.drain_stocks_blocking(None);
+                if inner.stocks.is_drained() {
+                    break;
+                }
+                crate::sync::spin_loop();
+            }
+        });
+        TestCpus::run_on(0, || {
+            let _ = g.try_charge(1).unwrap(); // a miss: charges a batch, then refills
+        });
+        closer.join().unwrap();
+
+        assert_eq!(g.cached_units(), 0, "nothing cached after close + drain");
+        assert_eq!(g.ref_count(), 2, "the handle and the base reference only");
+        assert_eq!(g.counter().usage(), 1, "exactly the charge that is held");
+        TestCpus::run_on(0, || g.uncharge(1));
+        assert_eq!(tree.root().counter().usage(), 0);
+    });
+}
