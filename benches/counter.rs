@@ -64,36 +64,11 @@ const DEPTHS: [usize; 3] = [1, 4, 8];
 // Loop bodies. `#[inline(always)]` so criterion's loop and the callgrind loop run the same
 // code.
 
-/// Hides `x` from the optimiser without touching memory: an empty `asm!` that "may modify"
-/// the register holding it. Not `pure`, so it is neither hoisted out of the loop nor merged.
-///
-/// `std::hint::black_box` is not used on the hot path on purpose: it passes its argument by
-/// address, so every use is a store to the stack, and a `lock`ed RMW must wait for every
-/// older store to drain from the store buffer. Two such stores between the baseline's two
-/// RMWs made the bare atomic pair *slower* than a whole depth-1 `try_charge` + `uncharge`
-/// (see `atomic_blackbox` and BENCHMARKS.md).
-#[inline(always)]
-fn opaque(mut x: usize) -> usize {
-    // SAFETY: an empty asm block; it reads and "writes" one register and nothing else.
-    unsafe { core::arch::asm!("/* {0} */", inout(reg) x, options(nomem, nostack, preserves_flags)) };
-    x
-}
-
-/// Consumes `x` in a register (so the RMW result is live and x86 emits `lock xadd`, like the
-/// counter's path, rather than `lock add`), without a store.
-#[inline(always)]
-fn sink(x: usize) {
-    // SAFETY: an empty asm block that only reads one register.
-    unsafe { core::arch::asm!("/* {0} */", in(reg) x, options(nomem, nostack, preserves_flags)) };
-}
-
-/// `opaque` for a `'static` reference.
-#[inline(always)]
-fn opaque_ref<T>(r: &'static T) -> &'static T {
-    let p = opaque(core::ptr::from_ref(r) as usize) as *const T;
-    // SAFETY: `p` is `r`'s address, unchanged (the asm block is empty).
-    unsafe { &*p }
-}
+// `opaque`, `sink` and `opaque_ref`: register-only value hiding, shared with the stock
+// bench (see benches/support/opaque.rs for why `std::hint::black_box` is not used here).
+#[path = "support/opaque.rs"]
+mod opaque;
+use opaque::{opaque, opaque_ref, sink};
 
 #[inline(always)]
 fn atomic_pair(a: &'static AtomicUsize, rmw: Ordering) {
