@@ -33,4 +33,3 @@ pub(crate) fn opaque_ref<T>(r: &T) -> &T {
     // SAFETY: `p` is `r`'s address, unchanged (the asm block is empty).
     unsafe { &*p }
 }
-
