@@ -57,6 +57,18 @@ pub(crate) fn spin_loop() {
     core::hint::spin_loop();
 }
 
+/// Lets other threads run: the OS scheduler's yield with `std`, a spin hint without it, the
+/// model scheduler under loom. For waits on another thread that may be descheduled.
+#[inline]
+pub(crate) fn yield_now() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(all(not(loom), feature = "std"))]
+    std::thread::yield_now();
+    #[cfg(all(not(loom), not(feature = "std")))]
+    core::hint::spin_loop();
+}
+
 /// The barrier between a `SeqCst` read-modify-write of a counter's `usage` and the following
 /// `SeqCst` load of its `max` (and, mirrored, between `set_max`'s swap of `max` and its
 /// re-read of `usage`): the two halves of the store-buffering ("Dekker") protocol of

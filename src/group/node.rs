@@ -189,25 +189,45 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
         }
     }
 
-    /// [`Node::put`] for code running inside the epoch collector (a deferred `free`): if this
-    /// was the last reference, the node is queued for freeing but not pumped. A pump from
-    /// there would pin inside the collector's own pinned region, where the epoch cannot
-    /// advance far enough to free anything; the reclamation loop that is running the
-    /// collector picks the node up in its next round instead.
+    /// [`Node::put`] for code running inside the epoch collector (a deferred `free`). If this
+    /// was the last reference:
+    ///
+    /// * while the tree handle exists, the node is queued but not pumped. A pump from here
+    ///   would pin inside the collector's own pinned region, where the epoch cannot advance
+    ///   far enough to free anything; the tree's next reclamation frees it (the running
+    ///   `reclaim_pumped` loop, or the one `Tree::drop` runs after setting `detached`);
+    /// * once the tree is detached, the node is freed at once, and so is each ancestor whose
+    ///   last reference that frees. Crossbeam runs deferred functions from any pin of the
+    ///   collector (every 128th pin, a thread's exit), not only from our pumps, so a node
+    ///   queued there could wait for a pump that never comes. Freeing without a grace period
+    ///   is sound here because nothing reads a group node through a borrowed pointer once the
+    ///   tree is detached: borrowed reads need a [`Guard`](crate::epoch::Guard) from the
+    ///   tree handle (which is gone), and the crate's own pinned walks hold a reference on
+    ///   the node they start from, hence on every ancestor, and protocol R readers take a
+    ///   reference before use.
     ///
     /// # Safety
     ///
-    /// As [`Node::put`], and the caller runs inside a reclamation loop of `this`'s tree
-    /// (`TreeInner::reclaim_pumped` or an explicit reclaim), which goes on while released
-    /// nodes are queued.
+    /// As [`Node::put`], and the caller runs inside the epoch collector of `this`'s tree and
+    /// does not touch the tree after this call (the tree may be freed with its root).
     pub(crate) unsafe fn put_in_collector(this: NonNull<Self>) {
-        // SAFETY: the caller owns a reference, so the node is alive.
-        let node = unsafe { this.as_ref() };
-        if node.refs.put(node.hint()) {
+        let mut next = Some(this);
+        while let Some(p) = next.take() {
+            // SAFETY: the caller owns a reference on `this`; each ancestor after it is kept by
+            // the reference the node freed just before held on it.
+            let node = unsafe { p.as_ref() };
+            if !node.refs.put(node.hint()) {
+                return;
+            }
             let tree = node.tree();
             tree.note_released(node.id);
-            // Detached or not, the running loop reclaims it (see above).
-            let _detached = tree.push_released(this);
+            if !tree.is_detached() {
+                let _detached = tree.push_released(p);
+                return;
+            }
+            // SAFETY: released, never queued, and unreachable (see above); the parent's
+            // reference it held is handed back to us.
+            next = unsafe { Self::free_now(p) };
         }
     }
 
@@ -242,6 +262,23 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
     /// `this` was released, handed to the collector once, and the grace period has passed:
     /// no reference and no pinned reader can reach it any more.
     pub(crate) unsafe fn free(this: NonNull<Self>) {
+        // SAFETY: the caller's obligations are ours; we run inside the collector.
+        if let Some(parent) = unsafe { Self::free_now(this) } {
+            // SAFETY: the reference the freed node held on its parent, given up now; we run
+            // inside the collector.
+            unsafe { Self::put_in_collector(parent) };
+        }
+    }
+
+    /// Frees `this` and returns its parent, whose reference the freed node held and the
+    /// caller must now put (the root returns `None` and gives up the tree's ownership share
+    /// instead).
+    ///
+    /// # Safety
+    ///
+    /// `this` was released, nobody can reach it any more (after a grace period, or in a
+    /// detached tree, see [`Node::put_in_collector`]), and it is freed once.
+    unsafe fn free_now(this: NonNull<Self>) -> Option<NonNull<Self>> {
         // SAFETY: still allocated (we free it below); exclusively ours (caller's obligation).
         let node = unsafe { this.as_ref() };
         let tree_ptr = node.tree;
@@ -260,13 +297,11 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
         // of the tree below, after which `tree_ptr` is not used.
         let tree = unsafe { tree_ptr.as_ref() };
         tree.note_freed(id);
-        match parent {
-            // SAFETY: the reference this node held on its parent, given up now; we run inside
-            // the collector, driven by a reclamation loop of this tree.
-            Some(p) => unsafe { Self::put_in_collector(p) },
+        if parent.is_none() {
             // SAFETY: the root is freed last; its ownership share of the tree ends here.
-            None => unsafe { TreeInner::release_owner(tree_ptr) },
+            unsafe { TreeInner::release_owner(tree_ptr) };
         }
+        parent
     }
 
     /// Links `this` as the first child of its parent and counts it online there.

@@ -299,6 +299,16 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
         self.detached.load(Ordering::Relaxed)
     }
 
+    /// Whether the tree handle is gone (see `push_released` for the ordering with
+    /// `Tree::drop`): once `true`, it stays so.
+    pub(crate) fn is_detached(&self) -> bool {
+        // ORDERING: the SeqCst fence orders this load after the caller's release of a node
+        // (its last `put`), as `push_released` does; pairs with the fence in `Tree::drop`
+        // after storing `detached`.
+        fence(Ordering::SeqCst);
+        self.detached.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn note_forced(&self) {
         self.forced.fetch_add(1, Ordering::Relaxed);
     }
@@ -463,11 +473,12 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
     }
 
     /// Reclaims and nudges the collector until every released node is freed, giving up
-    /// after [`PUMP_ROUNDS`] rounds in a row that freed nothing. Frees can release more
-    /// (a freed node puts its parent, a freed `ObjGroup` its group), so a round that made
-    /// progress resets the count: in a quiescent process everything released is freed
-    /// before this returns, however long the chain. A thread pinned elsewhere holds the
-    /// epoch back; what is left then is freed by later reclamation.
+    /// after [`PUMP_ROUNDS`] rounds in a row that freed nothing (yielding the CPU between
+    /// them). Frees can release more (a freed node puts its parent, a freed `ObjGroup` its
+    /// group), so a round that made progress resets the count: in a quiescent process
+    /// everything released is freed before this returns, however long the chain. A thread
+    /// pinned elsewhere for longer holds the epoch back; what is left then is freed by later
+    /// reclamation.
     pub(crate) fn reclaim_pumped(&self) {
         let mut idle = 0;
         let mut seen = (usize::MAX, usize::MAX);
@@ -487,7 +498,15 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
                 return;
             }
             let now = (stats.freed, stats.objgroups_freed);
-            idle = if now == seen { idle + 1 } else { 0 };
+            if now == seen {
+                idle += 1;
+                // Nothing freed: some thread is pinned (maybe descheduled inside a short
+                // internal operation, or running deferred frees elsewhere). Let it run before
+                // the next round instead of burning the budget in microseconds.
+                crate::sync::yield_now();
+            } else {
+                idle = 0;
+            }
             seen = now;
         }
     }
