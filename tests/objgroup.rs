@@ -1854,9 +1854,10 @@ fn dropping_the_tree_while_threads_charge_bytes_frees_everything() {
         let progress = AtomicUsize::new(0);
         let mut created = 0;
         thread::scope(|s| {
+            let mut workers = Vec::new();
             for (t, o) in os.iter().enumerate() {
                 let progress = &progress;
-                s.spawn(move || {
+                workers.push(s.spawn(move || {
                     on(t, || {
                         for i in 0..scaled(2000, 50) {
                             progress.fetch_add(1, Ordering::Relaxed);
@@ -1865,13 +1866,19 @@ fn dropping_the_tree_while_threads_charge_bytes_frees_everything() {
                             o.uncharge_bytes(n);
                         }
                     });
-                });
+                }));
             }
             while progress.load(Ordering::Relaxed) < scaled(50 + round % 200, 10) {
                 std::hint::spin_loop();
             }
             created = tree.stats().created;
             drop(tree);
+            // Joined explicitly: the scope's implicit join returns once the closures have
+            // returned, while the threads may still be running their thread-local
+            // destructors, which pin the epoch (and may run deferred frees) as they exit.
+            for w in workers {
+                w.join().unwrap();
+            }
         });
         drop(os);
         if log.total(Ev::Freed) != created || Arc::strong_count(&log) != 1 {
