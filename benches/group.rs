@@ -8,8 +8,7 @@
 //! `MultithreadedBench` shape): each thread reports its own elapsed time and the slowest is
 //! taken, so the figure is "time per pair on each thread while the other does the same".
 
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use chargetree::group::{Group, GroupSpec, OwnerCell, Tree};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -18,26 +17,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 mod opaque;
 use opaque::opaque_ref;
 
-/// Runs `op` `iters` times on each of `threads` threads at once; returns the slowest
-/// thread's time.
-fn on_threads<T: Sync>(threads: usize, iters: u64, shared: &T, op: impl Fn(&T) + Sync) -> Duration {
-    let start = Barrier::new(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    start.wait();
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        op(shared);
-                    }
-                    t.elapsed()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).max().unwrap()
-    })
-}
+#[path = "support/threads.rs"]
+mod threads;
+use threads::on_threads;
 
 // The bodies hide the handle's address with an empty register-only `asm!` (`opaque_ref`)
 // instead of `std::hint::black_box`, which stores to the stack before the locked RMW (see

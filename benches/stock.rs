@@ -30,9 +30,7 @@
 
 use std::cell::Cell;
 use std::hint::black_box;
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use chargetree::group::{Group, GroupSpec, Tree};
 use chargetree::objgroup::ObjGroup;
@@ -42,24 +40,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 mod opaque;
 use opaque::{opaque, opaque_ref, sink};
 
-fn on_threads<T: Sync>(threads: usize, iters: u64, shared: &T, op: impl Fn(&T) + Sync) -> Duration {
-    let start = Barrier::new(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    start.wait();
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        op(shared);
-                    }
-                    t.elapsed()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).max().unwrap()
-    })
-}
+#[path = "support/threads.rs"]
+mod threads;
+use threads::on_threads;
 
 std::thread_local! {
     static LOCAL: Cell<usize> = const { Cell::new(0) };
