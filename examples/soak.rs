@@ -257,5 +257,10 @@ fn main() {
         let (r, f) = (counts.released[id].load(Ordering::Relaxed), counts.freed[id].load(Ordering::Relaxed));
         assert_eq!((r, f), (1, 1), "group {id}: released {r} times, freed {f} times");
     }
+    // Ids are dense (a refused creation takes none), so nothing was seen above them.
+    for id in created..MAX_GROUPS {
+        let (r, f) = (counts.released[id].load(Ordering::Relaxed), counts.freed[id].load(Ordering::Relaxed));
+        assert_eq!((r, f), (0, 0), "id {id} is above the {created} groups created");
+    }
     println!("all {created} groups released and freed exactly once; every counter balanced");
 }

@@ -365,6 +365,70 @@ fn offline_refusals_are_typed() {
 }
 
 #[test]
+fn refused_creations_take_no_id() {
+    let (tree, _log) = test_tree();
+    let root = tree.root();
+    let p = child(&root, "p");
+    assert_eq!(p.id(), GroupId(1));
+    // A spec above COUNTER_MAX, then an offline parent: both refused.
+    assert!(root.create_child(GroupSpec::new().max(COUNTER_MAX + 1)).is_err());
+    p.offline().unwrap();
+    assert_eq!(p.create_child(GroupSpec::new()), Err(GroupError::ParentOffline));
+    // The next creation gets the next number: ids are 0..created, no holes.
+    let q = child(&root, "q");
+    assert_eq!(q.id(), GroupId(2));
+    assert_eq!(tree.stats().created, 3);
+}
+
+/// The soak's check (ids `0..created`, each released and freed once) with creations racing
+/// offlines of their parents, which refuse some of them.
+#[test]
+fn racing_refused_creations_keep_ids_dense() {
+    let (tree, log) = thread_tree();
+    let root = tree.root();
+    let refused = AtomicUsize::new(0);
+    let rounds = scaled(300, 10);
+    for _ in 0..rounds {
+        let parent = child(&root, "parent");
+        thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..4 {
+                    match parent.create_child(GroupSpec::new()) {
+                        Ok(c) => {
+                            // Offline children first, or the parent's offline is refused.
+                            let _ = c.offline();
+                        }
+                        Err(e) => {
+                            assert_eq!(e, GroupError::ParentOffline);
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+            s.spawn(|| {
+                while parent.offline().is_err() {
+                    thread::yield_now();
+                }
+            });
+        });
+        // And one refusal every round for certain.
+        assert_eq!(parent.create_child(GroupSpec::new()), Err(GroupError::ParentOffline));
+        refused.fetch_add(1, Ordering::Relaxed);
+    }
+    let created = tree.stats().created;
+    drop(root);
+    drop(tree);
+    // Every id below `created` was a group (released and freed once), none above.
+    for id in 0..created {
+        assert_eq!((log.released(GroupId(id)), log.freed(GroupId(id))), (1, 1), "id {id}");
+    }
+    assert_eq!(log.total(Ev::Released), created);
+    assert_eq!(log.total(Ev::Freed), created);
+    assert_eq!(created, 1 + rounds * 6 - refused.load(Ordering::Relaxed));
+    log.check();
+}
+
+#[test]
 fn create_child_of_offline_parent_is_refused() {
     let (tree, log) = test_tree();
     let root = tree.root();

@@ -66,7 +66,10 @@ use crate::stock::STOCK_SLOTS;
 use crate::sync::atomic::Ordering;
 use node::Node;
 
-/// A group's identifier, unique within its tree (never reused).
+/// A group's identifier, unique within its tree and never reused. Ids are dense: the root
+/// is 0 and each successful [`Group::create_child`] takes the next number (a refused one
+/// takes none), so the ids ever handed out are exactly `0..`[`TreeStats::created`], and an
+/// observer may index a table by them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GroupId(pub usize);
 
@@ -307,11 +310,13 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// Creates an online child with `spec`'s limits. Refused if this group is offline.
     pub fn create_child(&self, spec: GroupSpec<'_>) -> Result<Group<P, K>, GroupError> {
         let tree = self.node().tree();
-        let id = tree.next_id();
-        // Two references: the base (online membership) and the returned handle.
+        // Two references: the base (online membership) and the returned handle. The id is
+        // assigned below, once the creation cannot be refused any more, so ids stay dense.
         // SAFETY: the tree outlives the node; the child is given a reference on this group
         // below (before it can be reached), which `Node::free` drops.
-        let child = unsafe { Node::alloc(self.node().tree, Some(self.node), id, &spec, 2, tree.shards) }?;
+        let child = unsafe {
+            Node::alloc(self.node().tree, Some(self.node), GroupId(usize::MAX), &spec, 2, tree.shards)
+        }?;
 
         {
             let _topology = tree.topology.lock();
@@ -329,6 +334,10 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
                 drop(unsafe { alloc::boxed::Box::from_raw(child.as_ptr()) });
                 return Err(e);
             }
+            // Ids are taken under the flag and only by creations that succeed: the groups of
+            // a tree are numbered 0, 1, 2, … in creation order, with no holes.
+            // SAFETY: the child is not shared yet; nobody else reads its id.
+            unsafe { (*child.as_ptr()).id = tree.next_id() };
             // The child's reference on its parent. We hold one, so get is legal.
             self.node().refs.get(self.node().hint());
             // SAFETY: topology flag held; the child is new and unlinked.

@@ -22,8 +22,8 @@ use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering, fence};
 /// How many pin–flush rounds in a row that free nothing [`TreeInner::reclaim_pumped`] tries
 /// before giving up: each round lets the epoch advance once, and a node is freed two
 /// advances after it was deferred (rounds that free something do not count: freeing a child
-/// can release its parent, and so on up the tree). Smaller under loom, where every round multiplies the interleavings to explore (loom
-/// models call [`TreeInner::reclaim_once`] in their concurrent sections).
+/// can release its parent, and so on up the tree). Smaller under loom, where every round
+/// multiplies the interleavings to explore (loom models call [`TreeInner::reclaim_once`] in their concurrent sections).
 const PUMP_ROUNDS: usize = if cfg!(loom) { 16 } else { 64 };
 
 /// Notified when groups are released (last reference gone) and freed (memory returned).
@@ -31,7 +31,8 @@ const PUMP_ROUNDS: usize = if cfg!(loom) { 16 } else { 64 };
 /// For metrics and tests ("each group is freed exactly once"). `released` may run on any
 /// thread that drops a last reference, including inside a global allocator: it must not
 /// allocate, block, or call back into the tree. `freed` runs on whichever thread runs the
-/// epoch collector, outside any allocator path.
+/// epoch collector, outside any allocator path. Ids are dense ([`GroupId`]), so a table
+/// indexed by id (sized for the groups you expect) needs no hashing.
 pub trait Observer: Send + Sync {
     /// The last reference of group `id` was dropped.
     fn released(&self, id: GroupId) {
