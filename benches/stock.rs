@@ -7,6 +7,10 @@
 //!   ancestors above it) served by this CPU's stock, from one and from two threads.
 //! * `64-byte object pair`: `ObjGroup::charge_bytes(64)` + `uncharge_bytes(64)` through the
 //!   object stock (issue "Byte-granular object charging": ≤ 0.5 × one atomic pair).
+//! * `64-byte object with its reference`: what an allocator does per block, the charge plus
+//!   the block's own reference on the `ObjGroup`: `charge_object(64)` + `uncharge_object`
+//!   (reference from the object stock's spares), next to the same with a cloned reference
+//!   (`charge_bytes` + `clone().into_raw()`, then `from_raw` + `uncharge_bytes` + drop).
 //! * `unstocked depth 4`: `Counter::try_charge(1)` + `uncharge(1)` on the same group: the
 //!   hierarchical walk the stock avoids.
 //! * `thrash`: charging 1 unit round-robin over N sibling groups from one thread, with N
@@ -32,13 +36,14 @@ use std::cell::Cell;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use chargetree::cpu::DefaultCpus;
 use chargetree::group::{Group, GroupSpec, Tree};
 use chargetree::objgroup::ObjGroup;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 #[path = "support/opaque.rs"]
 mod opaque;
-use opaque::{opaque, opaque_ref, sink};
+use opaque::{opaque, opaque_ptr, opaque_ref, sink};
 
 #[path = "support/threads.rs"]
 mod threads;
@@ -135,6 +140,31 @@ fn object_pair(o: &ObjGroup) {
     o.uncharge_bytes(opaque(64));
 }
 
+/// `charge_object(64)` + `uncharge_object(64)`: the charge and the object's reference in one
+/// visit to the object stock.
+#[inline(always)]
+fn object_with_ref(o: &ObjGroup) {
+    let o = opaque_ref(o);
+    let c = o.charge_object(opaque(64)).unwrap();
+    sink(usize::from(c.charged.over_high.is_some()));
+    // SAFETY: from `charge_object` just above, given back once.
+    unsafe { ObjGroup::<DefaultCpus>::uncharge_object(opaque_ptr(c.object), opaque(64)) };
+}
+
+/// The same with a cloned reference: `charge_bytes` + `clone().into_raw()`, then `from_raw`
+/// + `uncharge_bytes` + drop (two atomic read-modify-writes on the `ObjGroup`'s count).
+#[inline(always)]
+fn object_with_cloned_ref(o: &ObjGroup) {
+    let o = opaque_ref(o);
+    let c = o.charge_bytes(opaque(64)).unwrap();
+    sink(usize::from(c.over_high.is_some()));
+    let raw = opaque_ptr(o.clone().into_raw());
+    // SAFETY: from `into_raw` just above, given back once.
+    let back = unsafe { ObjGroup::<DefaultCpus>::from_raw(raw) };
+    back.uncharge_bytes(opaque(64));
+    drop(back);
+}
+
 /// The hierarchical walk the stock avoids: the group's counter directly.
 #[inline(always)]
 fn unstocked_pair(g: &Group) {
@@ -155,6 +185,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("stocked pair depth 4, 1 thread", |b| b.iter(|| stocked_pair(&leaf)));
     let objgroup = leaf.obj_group().unwrap();
     g.bench_function("64-byte object pair, 1 thread", |b| b.iter(|| object_pair(&objgroup)));
+    g.bench_function("64-byte object with its reference, 1 thread", |b| {
+        b.iter(|| object_with_ref(&objgroup))
+    });
+    g.bench_function("64-byte object with a cloned reference, 1 thread", |b| {
+        b.iter(|| object_with_cloned_ref(&objgroup))
+    });
     g.bench_function("unstocked depth 4, 1 thread", |b| b.iter(|| unstocked_pair(&leaf)));
     g.bench_function("atomic pair, 2 threads", |b| {
         b.iter_custom(|iters| on_threads(2, iters, &atomic, atomic_pair))

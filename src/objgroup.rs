@@ -41,6 +41,38 @@
 //! waits for step 4; so `old` is never put while a reader may still be taking a handle on
 //! it. Reader sections are a handful of instructions (the long work happens on the handle,
 //! after step 4), so the wait is short.
+//!
+//! # Objects and their references
+//!
+//! Each live object should own a reference on its `ObjGroup` (so the uncharge finds it).
+//! Taking it with a clone costs an atomic read-modify-write per object, and giving it back
+//! another: about as much as the byte charge itself costs without them.
+//! [`ObjGroup::charge_object`] and [`ObjGroup::uncharge_object`] do both jobs in one visit
+//! to the object stock, which also caches spare references (taken
+//! [`OBJ_REF_BATCH`](crate::stock::OBJ_REF_BATCH) at a time, at most two batches per CPU,
+//! all given back when the stock is drained): in the steady state an object costs no atomic
+//! read-modify-write at all. The reference is the same kind [`ObjGroup::into_raw`] returns,
+//! so the two styles mix.
+//!
+//! ```
+//! use chargetree::group::{GroupSpec, Tree};
+//! use chargetree::objgroup::ObjGroup;
+//!
+//! let tree = Tree::new();
+//! let tenant = tree.root().create_child(GroupSpec::new().max(100)).unwrap();
+//! let objs = tenant.obj_group().unwrap();
+//! // An allocation of 200 bytes: charge it and store the reference in its header.
+//! let header = objs.charge_object(200).unwrap().object;
+//! // One 4 KiB unit is charged, plus what this CPU's unit stock pre-charged for later.
+//! assert!(tenant.counter().usage() >= 1);
+//! // Its free: only the header is needed.
+//! // SAFETY: `header` came from `charge_object` on this tree's `ObjGroup`, once.
+//! unsafe { <ObjGroup>::uncharge_object(header, 200) };
+//! // Draining the stocks returns the cached unit and the spare references.
+//! let _ = tree.drain_all(&tenant);
+//! assert_eq!(tenant.counter().usage(), 0);
+//! assert_eq!(objs.ref_count(), 2); // the handle and the group's own
+//! ```
 
 use alloc::boxed::Box;
 use core::fmt;
@@ -236,6 +268,22 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
         }
     }
 
+    /// Drops `n` references at once (a cache giving back a batch), releasing the node if
+    /// they were the last.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `n` references on `this` and gives them up.
+    #[inline]
+    pub(crate) unsafe fn put_many(this: NonNull<Self>, n: usize) {
+        // SAFETY: the caller owns references.
+        let node = unsafe { this.as_ref() };
+        if node.refs.put_many(node.hint(), n) {
+            // SAFETY: those were the last references.
+            unsafe { Self::release(this) };
+        }
+    }
+
     /// # Safety
     ///
     /// The count of `this` reached zero and nobody else releases it.
@@ -301,6 +349,18 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
     }
 }
 
+/// What [`ObjGroup::charge_object`] returns: the object's reference and what the charge
+/// reported.
+#[derive(Debug)]
+#[must_use = "the object's reference must be kept and given back with `ObjGroup::uncharge_object`"]
+pub struct ObjectCharge {
+    /// The object's reference on its `ObjGroup`, raw (as [`ObjGroup::into_raw`]): store it
+    /// in the object, give it back with [`ObjGroup::uncharge_object`].
+    pub object: NonNull<()>,
+    /// What the charge reported (over `high`, forced).
+    pub charged: Charged,
+}
+
 /// A handle to an object group: one reference. Clone takes one, drop puts one.
 ///
 /// Objects charged in bytes should each hold a reference (a clone, or
@@ -364,7 +424,7 @@ impl<P: CpuProvider, const K: usize> ObjGroup<P, K> {
     pub fn charge_bytes_with(&self, bytes: usize, options: ChargeOptions) -> Result<Charged, ChargeFailure> {
         let tree = self.node().tree();
         let cpu = tree.cpus.current();
-        if tree.stocks.consume_obj(cpu, self.node, bytes) {
+        if tree.stocks.consume_obj(cpu, self.node, bytes, false) {
             return Ok(Charged::default());
         }
         self.charge_bytes_slow(cpu, bytes, options)
@@ -392,7 +452,7 @@ impl<P: CpuProvider, const K: usize> ObjGroup<P, K> {
         if rem > 0 {
             // The remainder is charged but not used: park it, without uncharging whole units
             // (Linux's `allow_uncharge = false`), so the next small charge finds it.
-            tree.stocks.refill_obj(cpu, self.node, rem, false);
+            tree.stocks.refill_obj(cpu, self.node, rem, false, false);
         }
         Ok(charged)
     }
@@ -404,7 +464,66 @@ impl<P: CpuProvider, const K: usize> ObjGroup<P, K> {
     #[inline(always)]
     pub fn uncharge_bytes(&self, bytes: usize) {
         let tree = self.node().tree();
-        tree.stocks.refill_obj(tree.cpus.current(), self.node, bytes, true);
+        tree.stocks.refill_obj(tree.cpus.current(), self.node, bytes, true, false);
+    }
+
+    /// Charges `bytes` for one object and takes the object's reference on this `ObjGroup`,
+    /// returned raw (as [`ObjGroup::into_raw`]) for the object to keep: what
+    /// `charge_bytes(bytes)` then `clone().into_raw()` do, in one visit to this CPU's object
+    /// stock and without an atomic read-modify-write when the stock has a spare reference
+    /// (see the module docs). Give both back with [`ObjGroup::uncharge_object`]. On failure
+    /// nothing is charged and no reference is taken.
+    #[inline(always)]
+    pub fn charge_object(&self, bytes: usize) -> Result<ObjectCharge, ChargeFailure> {
+        self.charge_object_with(bytes, ChargeOptions::DEFAULT)
+    }
+
+    /// [`ObjGroup::charge_object`] with charge options for the unit charge.
+    #[inline(always)]
+    pub fn charge_object_with(
+        &self,
+        bytes: usize,
+        options: ChargeOptions,
+    ) -> Result<ObjectCharge, ChargeFailure> {
+        let tree = self.node().tree();
+        let cpu = tree.cpus.current();
+        if tree.stocks.consume_obj(cpu, self.node, bytes, true) {
+            return Ok(ObjectCharge { object: self.node.cast(), charged: Charged::default() });
+        }
+        let charged = self.charge_bytes_slow(cpu, bytes, options)?;
+        // The object's reference, taken after the charge succeeded.
+        let object = self.clone().into_raw();
+        Ok(ObjectCharge { object, charged })
+    }
+
+    /// Uncharges `bytes` of an object and gives back the reference it held: what
+    /// `from_raw(object)`, `uncharge_bytes(bytes)` and a drop do, in one visit to this CPU's
+    /// object stock; the reference is kept there as a spare when the stock caches this
+    /// `ObjGroup`. Needs nothing but the object's stored reference (an allocator's `dealloc`
+    /// has only the header). Uncharging more than was charged is clamped and counted, as in
+    /// [`ObjGroup::uncharge_bytes`].
+    ///
+    /// # Safety
+    ///
+    /// `object` is a reference from [`ObjGroup::charge_object`] or [`ObjGroup::into_raw`]
+    /// on an `ObjGroup<P, K>` with the same `P` and `K`, not given back before (each is given
+    /// back exactly once, by this or by [`ObjGroup::from_raw`]).
+    #[inline(always)]
+    pub unsafe fn uncharge_object(object: NonNull<()>, bytes: usize) {
+        let node: NonNull<ObjNode<P, K>> = object.cast();
+        // SAFETY: `object` owns a reference (caller's obligation), so the node is alive.
+        let tree = unsafe { node.as_ref() }.tree();
+        // The reference is given up inside (kept as a spare or put), after the bytes.
+        tree.stocks.refill_obj(tree.cpus.current(), node, bytes, true, true);
+    }
+
+    /// The number of references on this `ObjGroup`: handles, objects' references, the
+    /// group's own while it is online, and each CPU's object-stock entry with its spares (at
+    /// most `1 + 2 × OBJ_REF_BATCH` per CPU). A racy statistic while the group is online
+    /// (the count is spread over shards then), exact once it is offline and quiescent.
+    #[must_use]
+    pub fn ref_count(&self) -> usize {
+        self.node().refs.count()
     }
 
     /// A handle to the group this `ObjGroup` currently charges.

@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 
 use chargetree::cpu::ThreadCpus;
 use chargetree::group::{Group, GroupSpec, OwnerCell, Tree};
+use chargetree::objgroup::ObjGroup;
 
 struct Checked;
 
@@ -173,4 +174,50 @@ fn the_checker_sees_allocations_and_frees() {
     // The harness itself can fail: an allocation and a free inside a window are counted.
     let ((), calls) = forbidden(|| drop(std::hint::black_box(Box::new(7u32))));
     assert_eq!(calls, 2);
+}
+
+#[test]
+fn object_charges_and_their_references_never_allocate() {
+    warm_up();
+    let tree = Tree::new();
+    let g = tree.root().create_child(GroupSpec::new().max(64)).unwrap();
+    let o = g.obj_group().unwrap();
+    let (objects, calls) = forbidden(|| {
+        let mut kept = [None; 64];
+        // Misses and hits of the object stock, batches of spare references taken and given
+        // back, and a charge refused at the limit (64 units of 4 KiB).
+        for round in 0..100 {
+            for (i, slot) in kept.iter_mut().enumerate() {
+                if let Some((obj, size)) = slot.take() {
+                    // SAFETY: from `charge_object` below, given back once.
+                    unsafe { ObjGroup::<ThreadCpus>::uncharge_object(obj, size) };
+                } else if let Ok(c) = o.charge_object(64 + (i * 97 + round) % 3000) {
+                    *slot = Some((c.object, 64 + (i * 97 + round) % 3000));
+                }
+            }
+        }
+        let refused = o.charge_object(1 << 30).is_err();
+        (kept, refused)
+    });
+    assert_eq!(calls, 0);
+    let (kept, refused) = objects;
+    assert!(refused);
+    // The group goes offline with objects alive; the last object's reference is then the
+    // ObjGroup's last: giving it back releases the ObjGroup without allocating.
+    g.offline().unwrap();
+    drop(o);
+    let before = tree.stats();
+    let (_, calls) = forbidden(|| {
+        for (obj, size) in kept.into_iter().flatten() {
+            // SAFETY: as above.
+            unsafe { ObjGroup::<ThreadCpus>::uncharge_object(obj, size) };
+        }
+        let _ = tree.drain_local();
+    });
+    assert_eq!(calls, 0, "the last object's put queues the ObjGroup without allocating");
+    tree.reclaim();
+    assert_eq!(tree.stats().objgroups_freed, before.objgroups_freed + 1);
+    // Every byte came back: to the root, which the ObjGroup points at since the offline.
+    let _ = tree.drain_all(&tree.root());
+    assert_eq!(tree.root().counter().usage(), 0);
 }

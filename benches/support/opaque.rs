@@ -33,3 +33,11 @@ pub(crate) fn opaque_ref<T>(r: &T) -> &T {
     // SAFETY: `p` is `r`'s address, unchanged (the asm block is empty).
     unsafe { &*p }
 }
+
+/// `opaque` for a non-null pointer.
+#[inline(always)]
+pub(crate) fn opaque_ptr<T>(p: core::ptr::NonNull<T>) -> core::ptr::NonNull<T> {
+    let q = opaque(p.as_ptr() as usize) as *mut T;
+    // SAFETY: `q` is `p`'s address, unchanged (the asm block is empty), so non-null.
+    unsafe { core::ptr::NonNull::new_unchecked(q) }
+}

@@ -117,13 +117,14 @@ unsafe impl GlobalAlloc for TenantAlloc {
                     // SAFETY: the thread's guard keeps this reference alive; we only borrow
                     // it (ManuallyDrop: no put).
                     let tenant = std::mem::ManuallyDrop::new(unsafe { <ObjGroup>::from_raw(cur) });
-                    match tenant.charge_bytes(layout.size()) {
+                    // The charge and the block's own reference on its ObjGroup, in one visit
+                    // to the CPU's object stock (the reference usually from its spares).
+                    match tenant.charge_object(layout.size()) {
                         Ok(c) => {
-                            if c.over_high.is_some() {
+                            if c.charged.over_high.is_some() {
                                 OVER_HIGH.fetch_add(1, Ordering::Relaxed);
                             }
-                            // The block's own reference on its ObjGroup.
-                            Some(std::mem::ManuallyDrop::into_inner(tenant.clone()).into_raw().as_ptr())
+                            Some(c.object.as_ptr())
                         }
                         Err(_) => None,
                     }
@@ -145,9 +146,12 @@ unsafe impl GlobalAlloc for TenantAlloc {
         let base = unsafe { System.alloc(full) };
         if base.is_null() {
             if let Some(o) = NonNull::new(owner) {
-                // SAFETY: the reference taken above, given back with its charge.
-                let o = unsafe { <ObjGroup>::from_raw(o) };
-                accounting(|| o.uncharge_bytes(layout.size()));
+                let size = layout.size();
+                // SAFETY: the reference taken above, given back once with its charge.
+                if accounting(|| unsafe { <ObjGroup>::uncharge_object(o, size) }).is_none() {
+                    // SAFETY: as above (the closure did not run).
+                    unsafe { <ObjGroup>::uncharge_object(o, size) };
+                }
             }
             return ptr::null_mut();
         }
@@ -170,15 +174,16 @@ unsafe impl GlobalAlloc for TenantAlloc {
             System.dealloc(block.sub(h), full);
         }
         if let Some(o) = NonNull::new(owner) {
-            // SAFETY: the block's reference, taken in `alloc`, given back exactly once.
-            let o = unsafe { <ObjGroup>::from_raw(o) };
             let size = layout.size();
-            if accounting(|| o.uncharge_bytes(size)).is_none() {
+            // The bytes and the block's reference go back together; the reference is kept as
+            // a spare of the CPU's object stock or put (which may release the ObjGroup:
+            // queued, no allocation).
+            // SAFETY: the block's reference, taken in `alloc`, given back exactly once.
+            if accounting(|| unsafe { <ObjGroup>::uncharge_object(o, size) }).is_none() {
                 // Nested (cannot happen unless the library re-entered): still balance it.
-                o.uncharge_bytes(size);
+                // SAFETY: as above (the closure did not run).
+                unsafe { <ObjGroup>::uncharge_object(o, size) };
             }
-            // Dropping the block's reference may release the ObjGroup: queued, no allocation.
-            drop(o);
         }
     }
 

@@ -27,6 +27,9 @@
 //! | 2 | `old & DEAD == 0` → done (counted in the shard) | for each shard: `old = fetch_or(DEAD)`; `sum += old & !DEAD` |
 //! | 3 | else: the shard is harvested; apply `±2` to `central` (the shard's ±2 is ignored garbage) | `central += sum − BIAS`, then drop the base reference (`central −= 2`) |
 //!
+//! `get_many`/`put_many` (a cache taking or returning a batch of references) are the same
+//! operations with `±2n` in place of `±2`; `n` is bounded far below `BIAS`.
+//!
 //! A shard operation either lands before the harvest of its shard (and is in `sum`) or sees
 //! DEAD (and goes to `central`); `fetch_or` and `fetch_add` on one word are totally ordered,
 //! so nothing is lost or counted twice. Only `central` can reach zero, and only after the
@@ -51,6 +54,9 @@ use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 const DEAD: usize = 1;
 const ONE: usize = 2;
 const BIAS: usize = 1 << (usize::BITS - 2);
+/// The largest batch `get_many`/`put_many` accept: far below `BIAS`, so a batch landing on a
+/// shard or on `central` mid-kill cannot reach a false zero either.
+pub(crate) const MANY_MAX: usize = 1 << 16;
 
 /// A killable sharded reference count. See the module docs for protocol K.
 pub(crate) struct RefCount {
@@ -93,8 +99,26 @@ impl RefCount {
 
     #[cold]
     fn get_central(&self) {
+        self.get_central_many(1);
+    }
+
+    /// Takes `n` more references at once (one read-modify-write): for caches that hand
+    /// references out one by one (the object stock). As [`RefCount::get`], the caller must
+    /// own one already.
+    #[inline]
+    pub(crate) fn get_many(&self, hint: usize, n: usize) {
+        debug_assert!(n <= MANY_MAX, "chargetree: reference batch too large");
         // ORDERING: Relaxed, as in `get`.
-        let old = self.central.fetch_add(ONE, Ordering::Relaxed);
+        let old = self.shard(hint).fetch_add(n * ONE, Ordering::Relaxed);
+        if old & DEAD != 0 {
+            self.get_central_many(n);
+        }
+    }
+
+    #[cold]
+    fn get_central_many(&self, n: usize) {
+        // ORDERING: Relaxed, as in `get`.
+        let old = self.central.fetch_add(n * ONE, Ordering::Relaxed);
         if old > usize::MAX / 2 {
             // 2⁶² references cannot be real: a leak loop. Like Arc, refuse to wrap.
             crate::abort();
@@ -162,12 +186,30 @@ impl RefCount {
         self.put_central()
     }
 
+    /// Drops `n` references at once (one read-modify-write). Returns `true` if they were
+    /// the last ones, as [`RefCount::put`].
+    #[inline]
+    #[must_use]
+    pub(crate) fn put_many(&self, hint: usize, n: usize) -> bool {
+        debug_assert!(n <= MANY_MAX, "chargetree: reference batch too large");
+        // ORDERING: Release, as in `put`.
+        let old = self.shard(hint).fetch_sub(n * ONE, Ordering::Release);
+        if old & DEAD == 0 {
+            return false;
+        }
+        self.put_central_many(n)
+    }
+
     #[cold]
     fn put_central(&self) -> bool {
+        self.put_central_many(1)
+    }
+
+    fn put_central_many(&self, n: usize) -> bool {
         // ORDERING: Release, as in `put`; the zero-observer's Acquire fence pairs with it.
-        let old = self.central.fetch_sub(ONE, Ordering::Release);
-        debug_assert!(old != 0, "chargetree: reference count underflow");
-        if old == ONE {
+        let old = self.central.fetch_sub(n * ONE, Ordering::Release);
+        debug_assert!(old >= n * ONE, "chargetree: reference count underflow");
+        if old == n * ONE {
             // ORDERING: Acquire fence pairs with every Release decrement before this one.
             // ThreadSanitizer does not understand fences (bytes' `release_shared` note), so
             // under it an Acquire load of the same word does the job.
@@ -259,6 +301,39 @@ mod tests {
         let rc = RefCount::new(1, 1);
         assert!(rc.kill());
         assert!(!rc.tryget(0));
+    }
+
+    #[test]
+    fn batches_count_like_single_references_before_and_after_kill() {
+        let rc = RefCount::new(1, 4);
+        // A cache takes 32 references on shard 1, hands them out, and they come back one by
+        // one on shard 2 and as a batch of 20 on shard 3.
+        rc.get_many(1, 32);
+        assert_eq!(rc.count(), 33);
+        for _ in 0..12 {
+            assert!(!rc.put(2));
+        }
+        assert!(!rc.put_many(3, 10));
+        assert_eq!(rc.count(), 11);
+        // Killed with 10 batch references still out: they are in `central` now.
+        assert!(!rc.kill());
+        assert_eq!(rc.count(), 10);
+        rc.get_many(0, 5);
+        assert_eq!(rc.count(), 15);
+        assert!(!rc.put_many(1, 14));
+        assert!(rc.put_many(2, 1), "the batch that drops the last reference reports it");
+        assert_eq!(rc.count(), 0);
+        assert!(!rc.tryget(0));
+    }
+
+    #[test]
+    fn a_batch_put_reaches_zero_only_with_the_last_reference() {
+        let rc = RefCount::new(1, 2);
+        rc.get_many(0, 7);
+        assert!(!rc.kill());
+        assert!(!rc.put_many(1, 6), "one reference left");
+        assert_eq!(rc.count(), 1);
+        assert!(rc.put_many(0, 1));
     }
 
     #[test]

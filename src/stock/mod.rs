@@ -47,6 +47,9 @@
 //! * S2: an entry is occupied ⇔ it owns one reference on its group.
 //! * S3: `0 ≤ units ≤ batch` after every operation.
 //! * S5: `consume` never charges the counters and a miss is silent.
+//! * S6: an occupied object stock owns `1 + refs` references on its `ObjGroup` (its own and
+//!   `refs ≤ 2 × OBJ_REF_BATCH` spares for objects); an empty one owns none and has
+//!   `refs == 0`. A drain takes the spares with the entry and puts them all at once.
 
 pub(crate) mod barrier;
 
@@ -69,6 +72,15 @@ pub const STOCK_SLOTS: usize = 8;
 /// Linux's `MEMCG_CHARGE_BATCH` since v6.1: how many units one counter walk pre-charges.
 pub const DEFAULT_BATCH: usize = 64;
 
+/// How many references on its `ObjGroup` a CPU's object stock takes at once to hand out with
+/// [`ObjGroup::charge_object`](crate::objgroup::ObjGroup::charge_object) (one atomic
+/// read-modify-write per batch instead of one per object). Objects' references given back
+/// with [`ObjGroup::uncharge_object`](crate::objgroup::ObjGroup::uncharge_object) on a CPU
+/// that caches the same `ObjGroup` are kept there, and a batch goes back to the count once
+/// more than two batches are cached, so a CPU holds at most `2 × OBJ_REF_BATCH` spare
+/// references. Smaller under loom, so the models cross the batch boundaries.
+pub const OBJ_REF_BATCH: usize = if cfg!(loom) { 1 } else { 32 };
+
 /// The owner-written part of one CPU's stock.
 struct Owned<P: CpuProvider, const K: usize> {
     busy: AtomicUsize,
@@ -79,13 +91,16 @@ struct Owned<P: CpuProvider, const K: usize> {
 }
 
 /// The owner-written part of one CPU's object stock (Linux's `obj_stock_pcp`): one cached
-/// `ObjGroup` and the bytes it has charged but not handed out. It has its own `busy` flag
-/// (Linux gives the object stock its own lock), so a byte charge can use the unit stock
-/// underneath without seeing itself as a nested context.
+/// `ObjGroup`, the bytes it has charged but not handed out, and spare references on it for
+/// objects (see [`OBJ_REF_BATCH`]). It has its own `busy` flag (Linux gives the object stock
+/// its own lock), so a byte charge can use the unit stock underneath without seeing itself
+/// as a nested context.
 struct ObjOwned<P: CpuProvider, const K: usize> {
     busy: AtomicUsize,
     obj: AtomicPtr<ObjNode<P, K>>,
     bytes: AtomicUsize,
+    /// Spare references on `obj` beyond the entry's own (S6).
+    refs: AtomicUsize,
 }
 
 /// The drainer-written flags: one per stock.
@@ -136,6 +151,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
                     busy: AtomicUsize::new(0),
                     obj: AtomicPtr::new(ptr::null_mut()),
                     bytes: AtomicUsize::new(0),
+                    refs: AtomicUsize::new(0),
                 }),
                 steal: CachePadded::new(Steal {
                     units: AtomicBool::new(false),
@@ -437,9 +453,17 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         Some(returned)
     }
 
-    /// Takes `bytes` for `obj` from this CPU's object stock.
+    /// Takes `bytes` for `obj` from this CPU's object stock; with `with_ref`, also one
+    /// reference on `obj` for the caller (from the spares, topped up by a batch when
+    /// empty). All or nothing.
     #[inline(always)]
-    pub(crate) fn consume_obj(&self, cpu: Option<usize>, obj: NonNull<ObjNode<P, K>>, bytes: usize) -> bool {
+    pub(crate) fn consume_obj(
+        &self,
+        cpu: Option<usize>,
+        obj: NonNull<ObjNode<P, K>>,
+        bytes: usize,
+        with_ref: bool,
+    ) -> bool {
         let Some(s) = self.slot(cpu) else { return false };
         if !self.enter_on(&s.obj.busy, &s.steal.objs) {
             return false;
@@ -450,6 +474,19 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
             let b = s.obj.bytes.load(Ordering::Relaxed);
             if b >= bytes {
                 s.obj.bytes.store(b - bytes, Ordering::Relaxed);
+                if with_ref {
+                    // ORDERING: Relaxed; the stock is held (protocol S).
+                    let spare = match s.obj.refs.load(Ordering::Relaxed) {
+                        0 => {
+                            // SAFETY: the entry owns a reference on `obj` (S6) and the stock
+                            // is held, so the node is alive and a plain get is legal.
+                            unsafe { obj.as_ref() }.refs.get_many(cpu.unwrap_or(0), OBJ_REF_BATCH);
+                            OBJ_REF_BATCH
+                        }
+                        n => n,
+                    };
+                    s.obj.refs.store(spare - 1, Ordering::Relaxed);
+                }
                 ok = true;
             }
         }
@@ -462,6 +499,11 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     /// first and re-seeded with `obj`'s parked remainder. With `allow_uncharge`, whole units
     /// beyond the stock's last unit are returned to the group that owns `obj` by then. Without
     /// a usable stock, the bytes are parked in `obj` (whole units uncharged).
+    ///
+    /// With `give_ref`, the caller also gives up one reference on `obj` (an object's): it is
+    /// kept as a spare if this CPU caches `obj` and the bytes fit the fast path, else put
+    /// after the bytes are dealt with. Spares above two batches go back to the count, a
+    /// batch at a time.
     #[inline(always)]
     pub(crate) fn refill_obj(
         &self,
@@ -469,6 +511,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         obj: NonNull<ObjNode<P, K>>,
         bytes: usize,
         allow_uncharge: bool,
+        give_ref: bool,
     ) {
         // Fast path: this CPU caches `obj` and the bytes stay within a unit (or may exceed
         // it): one add under the stock, as `consume_obj`.
@@ -480,7 +523,13 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
                     if let Some(total) = have.checked_add(bytes) {
                         if !allow_uncharge || total <= self.unit_bytes {
                             s.obj.bytes.store(total, Ordering::Relaxed);
+                            let excess = if give_ref { keep_spare(s) } else { 0 };
                             Self::exit_on(&s.obj.busy);
+                            if excess > 0 {
+                                // SAFETY: `keep_spare` moved `excess` spare references out of
+                                // the entry to us; they keep the node alive until this put.
+                                unsafe { ObjNode::put_many(obj, excess) };
+                            }
                             return;
                         }
                     }
@@ -489,6 +538,12 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
             }
         }
         self.refill_obj_slow(cpu, obj, bytes, allow_uncharge);
+        if give_ref {
+            // The caller's reference, given up last: until here it kept `obj` alive for the
+            // slow path's uses of it after leaving the stock.
+            // SAFETY: the caller owns it and gives it up (see above).
+            unsafe { ObjNode::put(obj) };
+        }
     }
 
     #[cold]
@@ -520,7 +575,10 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         let mut have = s.obj.bytes.load(Ordering::Relaxed);
         if cached != obj.as_ptr() {
             if let Some(c) = NonNull::new(cached) {
-                old = Some((c, have));
+                // ORDERING: Relaxed; the stock is held (protocol S).
+                let spare = s.obj.refs.load(Ordering::Relaxed);
+                s.obj.refs.store(0, Ordering::Relaxed);
+                old = Some(TakenObj { obj: c, bytes: have, refs: 1 + spare });
             }
             // The stock's reference (S2 for the object stock). The caller holds one.
             o.refs.get(cpu.unwrap_or(0));
@@ -648,7 +706,7 @@ fn give_back<P: CpuProvider, const K: usize>(taken: Taken<P, K>) -> usize {
 fn take_obj_if<P: CpuProvider, const K: usize>(
     s: &CpuStock<P, K>,
     filter: impl FnOnce(&ObjNode<P, K>) -> bool,
-) -> Option<(NonNull<ObjNode<P, K>>, usize)> {
+) -> Option<TakenObj<P, K>> {
     // ORDERING: Relaxed; the object stock is held (protocol S).
     let o = NonNull::new(s.obj.obj.load(Ordering::Relaxed))?;
     // SAFETY: the stock owns a reference on `o` and is held, so `o` is alive.
@@ -656,19 +714,45 @@ fn take_obj_if<P: CpuProvider, const K: usize>(
         return None;
     }
     let bytes = s.obj.bytes.load(Ordering::Relaxed);
+    let spare = s.obj.refs.load(Ordering::Relaxed);
     s.obj.obj.store(ptr::null_mut(), Ordering::Relaxed);
     s.obj.bytes.store(0, Ordering::Relaxed);
-    Some((o, bytes))
+    s.obj.refs.store(0, Ordering::Relaxed);
+    Some(TakenObj { obj: o, bytes, refs: 1 + spare })
+}
+
+/// Keeps an object's reference, just given up by the owner, as a spare of the held object
+/// stock of `s` (which caches that object's `ObjGroup`). Returns how many spares the caller
+/// must put now: a batch once more than two are cached (S6), else none.
+#[inline(always)]
+fn keep_spare<P: CpuProvider, const K: usize>(s: &CpuStock<P, K>) -> usize {
+    // ORDERING: Relaxed; the object stock is held (protocol S).
+    let spare = s.obj.refs.load(Ordering::Relaxed) + 1;
+    if spare > 2 * OBJ_REF_BATCH {
+        s.obj.refs.store(spare - OBJ_REF_BATCH, Ordering::Relaxed);
+        OBJ_REF_BATCH
+    } else {
+        s.obj.refs.store(spare, Ordering::Relaxed);
+        0
+    }
+}
+
+/// An object-stock entry taken out of a stock: its `ObjGroup`, the bytes it cached and the
+/// references it owned (its own and the spares), all moved to the taker.
+struct TakenObj<P: CpuProvider, const K: usize> {
+    obj: NonNull<ObjNode<P, K>>,
+    bytes: usize,
+    refs: usize,
 }
 
 /// Parks the bytes of a taken object-stock entry in its `ObjGroup` (whole units uncharged)
-/// and puts the stock's reference.
-fn give_back_obj<P: CpuProvider, const K: usize>(taken: Option<(NonNull<ObjNode<P, K>>, usize)>) {
-    if let Some((o, bytes)) = taken {
-        // SAFETY: the entry's reference was moved to us with it.
-        unsafe { o.as_ref() }.flush_bytes(bytes);
-        // SAFETY: that reference, given up.
-        unsafe { ObjNode::put(o) };
+/// and puts the entry's references (its own and the spares) at once.
+fn give_back_obj<P: CpuProvider, const K: usize>(taken: Option<TakenObj<P, K>>) {
+    if let Some(t) = taken {
+        // SAFETY: the entry's references were moved to us with it.
+        unsafe { t.obj.as_ref() }.flush_bytes(t.bytes);
+        // SAFETY: those references, given up.
+        unsafe { ObjNode::put_many(t.obj, t.refs) };
     }
 }
 

@@ -1,6 +1,6 @@
 //! Loom models of the object layer: protocol R (reader of `ObjGroup → group` vs
-//! reparenting) through a concurrent byte uncharge, and an object-stock drain racing the
-//! release of the `ObjGroup` it caches.
+//! reparenting) through a concurrent byte uncharge, an object-stock drain racing the release
+//! of the `ObjGroup` it caches, and the object stock's spare references (S6) vs a drain.
 
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
@@ -109,5 +109,47 @@ fn obj_stock_drain_vs_objgroup_release() {
         let after = tree.stats();
         assert_eq!(after.objgroups_freed, before.objgroups_freed + 1, "freed exactly once");
         assert_eq!(tree.root().counter().usage(), 0, "parked bytes reached the counters");
+    });
+}
+
+/// Objects' references cached as spares (S6) vs a remote drain: an owner on CPU 0 charges
+/// and gives back objects (crossing the batch boundaries: one reference per batch under
+/// loom), while another thread drains every stock. Whatever the interleaving, no reference
+/// is lost or counted twice: after a final drain the count is back where it started, and
+/// once the group is offline and its handles dropped, the `ObjGroup` is freed exactly once.
+#[test]
+fn object_reference_spares_vs_remote_drain() {
+    model(|| {
+        let tree = Arc::new(tree());
+        let g = tree.root().create_child(GroupSpec::new()).unwrap();
+        let o = g.obj_group().unwrap();
+        let r0 = o.ref_count();
+
+        let (t2, root) = (tree.clone(), tree.root());
+        let drainer = thread::spawn(move || {
+            let _ = t2.drain_all(&root);
+        });
+        TestCpus::run_on(0, || {
+            // 3 bytes each, units of 10: a miss (one unit, 7 bytes cached), then two hits,
+            // each taking a batch of spares; giving the three back keeps two spares and puts
+            // the third (above 2 × OBJ_REF_BATCH).
+            let objects = [(); 3].map(|()| o.charge_object(3).unwrap().object);
+            for obj in objects {
+                // SAFETY: from `charge_object` on `o`, given back once.
+                unsafe { crate::objgroup::ObjGroup::<TestCpus, 2>::uncharge_object(obj, 3) };
+            }
+        });
+        drainer.join().unwrap();
+
+        let _ = tree.drain_all(&tree.root());
+        assert_eq!(o.ref_count(), r0, "every object reference and spare came back");
+        assert_eq!(g.counter().usage(), 0);
+        g.offline().unwrap();
+        let before = tree.stats();
+        drop(o);
+        drop(g);
+        tree.reclaim();
+        assert_eq!(tree.stats().objgroups_freed, before.objgroups_freed + 1, "freed exactly once");
+        assert_eq!(tree.root().counter().usage(), 0);
     });
 }
