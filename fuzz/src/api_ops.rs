@@ -35,6 +35,7 @@
 //! every `U(o)` at 0; then everything is dropped with the tree, and the [`Observer`] must
 //! have seen every group released and freed exactly once, and the tree's bookkeeping freed.
 
+use core::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chargetree::COUNTER_MAX;
@@ -76,8 +77,19 @@ enum Obj {
     Units { cell: Cell, n: usize, group: usize },
     /// `bytes` charged through the `ObjGroup` `objgroup` (an index into `World::objgroups`);
     /// the object holds a reference, as real objects do.
-    Bytes { _handle: O, objgroup: usize, bytes: usize },
+    Bytes { reference: ObjRef, objgroup: usize, bytes: usize },
 }
+
+/// A byte object's reference on its `ObjGroup`: a cloned handle (`charge_bytes`), or the raw
+/// reference `charge_object` hands out (given back by `uncharge_object` in `World::free`,
+/// which `finish` runs on every object).
+enum ObjRef {
+    Handle(O),
+    Raw(NonNull<()>),
+}
+
+// SAFETY: a raw reference is an `ObjGroup` handle in another form, and handles are `Send`.
+unsafe impl Send for ObjRef {}
 
 /// One `ObjGroup` the caller obtained (kept until the end, so `U(o)` stays observable).
 struct ObjEntry {
@@ -169,9 +181,16 @@ impl World {
                 g.uncharge(n);
                 n
             }
-            Obj::Bytes { _handle, objgroup, bytes } => {
-                self.objgroups[objgroup].handle.uncharge_bytes(bytes);
-                drop(_handle);
+            Obj::Bytes { reference, objgroup, bytes } => {
+                match reference {
+                    ObjRef::Handle(h) => {
+                        self.objgroups[objgroup].handle.uncharge_bytes(bytes);
+                        drop(h);
+                    }
+                    // SAFETY: from `charge_object` on this ObjGroup; the object is removed
+                    // from the list above, so it is given back once.
+                    ObjRef::Raw(p) => unsafe { O::uncharge_object(p, bytes) },
+                }
                 bytes / self.unit
             }
         }
@@ -578,13 +597,26 @@ fn charge_bytes(input: &mut Input<'_>, world: &Mutex<World>) {
     };
     let group = handle.group();
     let reclaims = lock(world).reclaims;
-    let r = on(c, || handle.charge_bytes_with(bytes, opts));
+    // A third of the objects take their reference with `charge_object` (from the object
+    // stock's spares), the rest with a clone; chosen from the size, so that older inputs
+    // keep their meaning.
+    let object_api = bytes % 3 == 1;
+    let r = on(c, || {
+        if object_api {
+            handle.charge_object_with(bytes, opts).map(|c| (c.charged, ObjRef::Raw(c.object)))
+        } else {
+            handle.charge_bytes_with(bytes, opts).map(|c| (c, ObjRef::Handle(handle.clone())))
+        }
+    });
     let reclaims = lock(world).reclaims - reclaims;
-    trace!("charge {bytes} bytes to objgroup {oi} on CPU {c} with {opts:?}: {r:?}");
+    trace!(
+        "charge {bytes} bytes to objgroup {oi} on CPU {c} with {opts:?} (object API: {object_api}): {:?}",
+        r.as_ref().map(|r| r.0)
+    );
     match r {
-        Ok(charged) => {
+        Ok((charged, reference)) => {
             check_success(world, opts, charged);
-            lock(world).objects.push(Obj::Bytes { _handle: handle, objgroup: oi, bytes });
+            lock(world).objects.push(Obj::Bytes { reference, objgroup: oi, bytes });
         }
         Err(e) => {
             let units = bytes / unit + usize::from(bytes % unit != 0);
