@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chargetree::counter::Counter;
 use chargetree::group::{Group, GroupSpec, OwnerCell, Tree, TreeConfig};
+use chargetree::objgroup::ObjGroup;
 
 std::thread_local! {
     static LOCAL: Cell<usize> = const { Cell::new(0) };
@@ -24,6 +25,8 @@ const CASES: &[&str] = &[
     "counter-d8",
     "stocked-d4",
     "object-64b",
+    "object-64b-ref",
+    "object-64b-cloned-ref",
     "handle-clone-drop",
     "owner-cell-read",
     "drain-all-1",
@@ -94,6 +97,25 @@ fn main() {
             for _ in 0..n {
                 let _ = o.charge_bytes(black_box(64)).unwrap();
                 o.uncharge_bytes(black_box(64));
+            }
+        }
+        "object-64b-ref" => {
+            let o = group_chain(&tree, 4).obj_group().unwrap();
+            for _ in 0..n {
+                let c = o.charge_object(black_box(64)).unwrap();
+                // SAFETY: from `charge_object` just above, given back once.
+                unsafe { <ObjGroup>::uncharge_object(black_box(c.object), black_box(64)) };
+            }
+        }
+        "object-64b-cloned-ref" => {
+            let o = group_chain(&tree, 4).obj_group().unwrap();
+            for _ in 0..n {
+                let _ = o.charge_bytes(black_box(64)).unwrap();
+                let raw = black_box(o.clone().into_raw());
+                // SAFETY: from `into_raw` just above, given back once.
+                let back = unsafe { <ObjGroup>::from_raw(raw) };
+                back.uncharge_bytes(black_box(64));
+                drop(back);
             }
         }
         "handle-clone-drop" => {
