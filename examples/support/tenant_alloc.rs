@@ -110,36 +110,33 @@ unsafe impl GlobalAlloc for TenantAlloc {
         let current = CURRENT.try_with(Cell::get).unwrap_or(ptr::null_mut());
         let mut owner: *mut () = ptr::null_mut();
         if let Some(cur) = NonNull::new(current) {
-            if BUSY.try_with(Cell::get).unwrap_or(true) {
-                REENTRIES.fetch_add(1, Ordering::Relaxed);
-            } else {
-                let charged = accounting(|| {
-                    // SAFETY: the thread's guard keeps this reference alive; we only borrow
-                    // it (ManuallyDrop: no put).
-                    let tenant = std::mem::ManuallyDrop::new(unsafe { <ObjGroup>::from_raw(cur) });
-                    // The charge and the block's own reference on its ObjGroup, in one visit
-                    // to the CPU's object stock (the reference usually from its spares).
-                    match tenant.charge_object(layout.size()) {
-                        Ok(c) => {
-                            if c.charged.over_high.is_some() {
-                                OVER_HIGH.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Some(c.object.as_ptr())
+            // `accounting` counts a re-entry and passes through if it is already running.
+            let charged = accounting(|| {
+                // SAFETY: the thread's guard keeps this reference alive; we only borrow
+                // it (ManuallyDrop: no put).
+                let tenant = std::mem::ManuallyDrop::new(unsafe { <ObjGroup>::from_raw(cur) });
+                // The charge and the block's own reference on its ObjGroup, in one visit
+                // to the CPU's object stock (the reference usually from its spares).
+                match tenant.charge_object(layout.size()) {
+                    Ok(c) => {
+                        if c.charged.over_high.is_some() {
+                            OVER_HIGH.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(_) => None,
+                        Some(c.object.as_ptr())
                     }
-                });
-                match charged {
-                    Some(Some(o)) => {
-                        owner = o;
-                        let _ = CHARGED_HERE.try_with(|c| c.set(c.get() + 1));
-                    }
-                    Some(None) => {
-                        REFUSED.fetch_add(1, Ordering::Relaxed);
-                        return ptr::null_mut();
-                    }
-                    None => {}
+                    Err(_) => None,
                 }
+            });
+            match charged {
+                Some(Some(o)) => {
+                    owner = o;
+                    let _ = CHARGED_HERE.try_with(|c| c.set(c.get() + 1));
+                }
+                Some(None) => {
+                    REFUSED.fetch_add(1, Ordering::Relaxed);
+                    return ptr::null_mut();
+                }
+                None => {}
             }
         }
         // SAFETY: `full` has a non-zero size (it includes the header).
