@@ -2084,3 +2084,48 @@ fn dropping_the_tree_while_threads_charge_bytes_frees_everything() {
     }
     assert!(leaked.is_empty(), "(round, groups freed, groups created) of leaking rounds: {leaked:?}");
 }
+
+/// Drains visit only the slots below the stocks' high-water mark; units installed on the
+/// highest CPU of a large provider (the first use of that slot) are still found by
+/// `drain_all` and by the tree's drop.
+#[test]
+fn units_on_the_highest_cpu_are_drained_and_freed() {
+    let (tree, log) = tree_on(64, UNIT);
+    let g = child(&tree.root());
+    let _ = on(63, || g.try_charge(1).unwrap());
+    on(63, || g.uncharge(1));
+    assert!(g.cached_units() > 0, "CPU 63 caches units");
+    assert!(tree.drain_all(&g).is_some());
+    assert_eq!((g.cached_units(), usage(&g)), (0, 0), "the drain reached CPU 63");
+    // Left in the stock for the tree's drop to find.
+    let _ = on(63, || g.try_charge(5).unwrap());
+    on(63, || g.uncharge(5));
+    drop(g);
+    finish(tree, log);
+}
+
+/// The same for the object stock alone (no unit stock, so only the object stock's install
+/// raises the mark), with a spare reference cached there.
+#[test]
+fn bytes_and_spares_on_the_highest_cpu_are_drained_and_freed() {
+    let (tree, log) = exact_tree(64);
+    let g = child(&tree.root());
+    let o = g.obj_group().unwrap();
+    let r0 = o.ref_count();
+    let object = on(63, || o.charge_object(30)).unwrap().object;
+    let more = on(63, || o.charge_object(30)).unwrap().object; // from the stock: a spare batch
+    // SAFETY: from `charge_object` on `o`, given back once each.
+    on(63, || unsafe {
+        ObjGroup::<TestCpus>::uncharge_object(object, 30);
+        ObjGroup::<TestCpus>::uncharge_object(more, 30);
+    });
+    assert!(o.cached_bytes() > 0 && o.ref_count() > r0, "CPU 63 caches bytes and references");
+    assert!(tree.drain_all(&g).is_some());
+    assert_eq!((o.cached_bytes(), o.ref_count(), usage(&g)), (0, r0, 0), "the drain reached CPU 63");
+    // Left in the stock for the tree's drop to find.
+    let object = on(63, || o.charge_object(30)).unwrap().object;
+    // SAFETY: as above.
+    on(63, || unsafe { ObjGroup::<TestCpus>::uncharge_object(object, 30) });
+    drop((o, g));
+    finish(tree, log);
+}

@@ -41,6 +41,13 @@
 //! The owner's fast path therefore costs a few plain loads and stores and no atomic
 //! read-modify-write; a drain costs one system call however many CPUs it visits.
 //!
+//! Visitors of every slot (drains, the teardown's `is_drained`, statistics) stop at a
+//! high-water mark `used` of the slots that ever had an entry, which an owner raises before
+//! step 2 when it may install one (`note_used`), and a visitor loads after its heavy
+//! barrier. It is a third store-buffering pair beside `busy`/`steal` and `busy`/`closed`: so
+//! a provider with thousands of slots costs a process that uses three of them three slots
+//! per drain.
+//!
 //! # Invariants (`memcg-semantics.md` §3.4)
 //!
 //! * S1: units in an entry are charged to the entry's group and all its ancestors.
@@ -50,6 +57,7 @@
 //! * S6: an occupied object stock owns `1 + refs` references on its `ObjGroup` (its own and
 //!   `refs ≤ 2 × OBJ_REF_BATCH` spares for objects); an empty one owns none and has
 //!   `refs == 0`. A drain takes the spares with the entry and puts them all at once.
+//! * S7: slots at or above `used` have no entry.
 
 pub(crate) mod barrier;
 
@@ -132,6 +140,11 @@ pub(crate) struct Stocks<P: CpuProvider, const K: usize> {
     draining: AtomicBool,
     /// Set when the tree is dropped: refills stop caching (nothing could drain them later).
     closed: AtomicBool,
+    /// High-water mark of the slots that ever had an entry: slots at and above it are empty,
+    /// so drains and checks visit only `cpus[..used]` (a process with a few threads pays
+    /// for a few slots, not for the provider's `count`). Raised before an owner enters to
+    /// install (see [`Stocks::note_used`]).
+    used: CachePadded<AtomicUsize>,
 }
 
 impl<P: CpuProvider, const K: usize> Stocks<P, K> {
@@ -166,7 +179,32 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
             asymmetric: !cpus_is_empty_or_loom(count) && barrier::asymmetric_available(),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            used: CachePadded::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Raises the high-water mark to cover slot `cpu`, before its owner enters to install an
+    /// entry. Visitors of `cpus[..used]` (drains, `is_drained`) load `used` after their
+    /// heavy barrier; the owner stores it before the light barrier in `enter_on`. That is
+    /// the Dekker pair of protocol S (the same as `busy`), so a visitor that misses the
+    /// raise is one whose barrier came first, and the owner then sees its `steal` or
+    /// `closed`. Off the fast paths: only refills call it, and after the first time it is
+    /// one load of a line nobody writes.
+    #[inline(always)]
+    fn note_used(&self, cpu: usize) {
+        // ORDERING: Relaxed; published by `enter_on`'s light barrier (see above).
+        if self.used.load(Ordering::Relaxed) <= cpu {
+            self.used.fetch_max(cpu + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The slots that ever had an entry (see `used`). A visitor that needs every entry
+    /// installed before a point calls this after its heavy barrier.
+    #[inline]
+    fn used_slots(&self) -> &[CpuStock<P, K>] {
+        // ORDERING: Relaxed; ordered after the caller's heavy barrier (see `note_used`).
+        let used = self.used.load(Ordering::Relaxed).min(self.cpus.len());
+        &self.cpus[..used]
     }
 
     /// Stops new stock entries (the tree is being dropped); the caller then drains until
@@ -278,6 +316,11 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     pub(crate) fn refill(&self, cpu: Option<usize>, node: NonNull<Node<P, K>>, n: usize) {
         // SAFETY: the caller holds a reference on `node` (it just charged it).
         let nref = unsafe { node.as_ref() };
+        if let Some(c) = cpu {
+            if n <= self.batch && c < self.cpus.len() {
+                self.note_used(c);
+            }
+        }
         let s = match self.slot(cpu) {
             Some(s) if n <= self.batch && self.enter(s) => s,
             _ => {
@@ -404,7 +447,10 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         // Step 1: flag every slot that has an occupied entry (a racy pre-check: the pointers
         // are only compared with null here, never dereferenced).
         let mut flagged = false;
-        for s in self.cpus.iter() {
+        // Slots never used have no entry. Loaded before the heavy barrier: a slot used for
+        // the first time after this is one whose entries this drain may miss anyway.
+        let slots = self.used_slots();
+        for s in slots {
             // ORDERING: Relaxed; a hint. A slot filled after this check keeps its units.
             if s.owned.groups.iter().any(|g| !g.load(Ordering::Relaxed).is_null()) {
                 // ORDERING: Relaxed; published by the heavy barrier below.
@@ -421,7 +467,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         if flagged {
             // Step 2: one heavy barrier for all the slots.
             barrier::heavy(self.asymmetric);
-            for s in self.cpus.iter() {
+            for s in slots {
                 // ORDERING: Relaxed; our own flags.
                 if s.steal.objs.load(Ordering::Relaxed) {
                     // ORDERING: Acquire pairs with the owner's Release store in `exit_on`.
@@ -557,6 +603,11 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     ) {
         // SAFETY: the caller holds a reference on `obj` (a handle or an object's).
         let o = unsafe { obj.as_ref() };
+        if let Some(c) = cpu {
+            if c < self.cpus.len() {
+                self.note_used(c);
+            }
+        }
         let s = match self.slot(cpu) {
             Some(s) if self.enter_on(&s.obj.busy, &s.steal.objs) => s,
             _ => return o.flush_bytes(bytes),
@@ -608,7 +659,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     /// dereferences the cached pointers).
     pub(crate) fn cached_bytes(&self, obj: NonNull<ObjNode<P, K>>) -> usize {
         let mut sum = 0;
-        for s in self.cpus.iter() {
+        for s in self.used_slots() {
             // ORDERING: Relaxed; racy statistic.
             if s.obj.obj.load(Ordering::Relaxed) == obj.as_ptr() {
                 sum = s.obj.bytes.load(Ordering::Relaxed).saturating_add(sum);
@@ -622,7 +673,8 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     /// when it read `closed == false`, so it is seen here (see `close`). Before `close`, a
     /// racy hint.
     pub(crate) fn is_drained(&self) -> bool {
-        self.cpus.iter().all(|s| {
+        // After `close`, `used` is loaded after its heavy barrier (see `note_used`).
+        self.used_slots().iter().all(|s| {
             // ORDERING: Acquire pairs with the owners' Release store in `exit_on`: with
             // `busy == 0` seen, the entries they wrote before leaving are visible below.
             s.owned.busy.load(Ordering::Acquire) == 0
@@ -637,7 +689,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     /// under it; never dereferences the cached pointers.
     pub(crate) fn cached_units(&self, node: NonNull<Node<P, K>>) -> usize {
         let mut sum = 0;
-        for s in self.cpus.iter() {
+        for s in self.used_slots() {
             for i in 0..K {
                 // ORDERING: Relaxed; a racy statistic.
                 if s.owned.groups[i].load(Ordering::Relaxed) == node.as_ptr() {
@@ -654,7 +706,8 @@ struct DrainGuard<'a, P: CpuProvider, const K: usize>(&'a Stocks<P, K>);
 
 impl<P: CpuProvider, const K: usize> Drop for DrainGuard<'_, P, K> {
     fn drop(&mut self) {
-        for s in self.0.cpus.iter() {
+        // Every slot the drain flagged is below `used` (which only grows).
+        for s in self.0.used_slots() {
             // ORDERING: Release, as for each slot in `drain_all` (a no-op for slots already
             // cleared there: only the drainer writes these flags, and it still holds the
             // drain flag).
