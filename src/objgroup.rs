@@ -289,16 +289,13 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
     /// The count of `this` reached zero and nobody else releases it.
     #[cold]
     pub(crate) unsafe fn release(this: NonNull<Self>) {
-        let (detached, tree) = {
-            // SAFETY: allocated until freed after the grace period; the tree outlives it.
-            let node = unsafe { this.as_ref() };
-            (node.tree().push_released_obj(this), node.tree)
-        };
-        if detached {
-            // SAFETY: the tree is alive (this node is not freed before its reclamation runs)
-            // and no borrow of it is held here.
-            unsafe { TreeInner::pump_detached(tree) };
-        }
+        // SAFETY: ours until published (count zero, not yet on the list). Read before the
+        // push: once the node is on the list, another thread's reclamation may free it (we
+        // are not pinned).
+        let tree = unsafe { this.as_ref() }.tree;
+        // SAFETY: the tree is alive (this unpublished node keeps its group, hence the root
+        // and a share); no borrow of it is held here.
+        unsafe { TreeInner::publish_released(tree, |t| t.push_released_obj(this)) };
     }
 
     /// Frees a released node after the grace period: uncharges its parked whole units from

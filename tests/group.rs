@@ -428,6 +428,44 @@ fn racing_refused_creations_keep_ids_dense() {
     log.check();
 }
 
+/// The last put publishes the node on the released list from a thread that is not pinned,
+/// so another thread's reclamation may free it at once: the releasing thread must read
+/// nothing of the node after the push. It used to read the node's tree pointer there (found
+/// by miri in the stress test below); under miri this test reports such a read as a data
+/// race with the free on the reclaiming thread. Everywhere it checks that each group is
+/// released and freed exactly once.
+#[test]
+fn a_last_put_races_reclamation_on_another_thread() {
+    let (tree, log) = thread_tree();
+    let root = tree.root();
+    let stop = AtomicBool::new(false);
+    let rounds = scaled(2000, 30);
+    thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                tree.reclaim();
+                thread::yield_now();
+            }
+        });
+        for _ in 0..rounds {
+            let g = child(&root, "g");
+            let o = g.obj_group().unwrap();
+            g.offline().unwrap();
+            drop(g); // the ObjGroup still holds the group
+            drop(o); // the last put of the ObjGroup, then of the group when it is freed
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    tree.reclaim();
+    assert_eq!(log.total(Ev::Freed), rounds, "every child freed");
+    drop(root);
+    let created = tree.stats().created;
+    drop(tree);
+    assert_eq!(log.total(Ev::Released), created);
+    assert_eq!(log.total(Ev::Freed), created);
+    log.check();
+}
+
 #[test]
 fn create_child_of_offline_parent_is_refused() {
     let (tree, log) = test_tree();

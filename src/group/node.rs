@@ -239,19 +239,18 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
     /// The reference count of `this` reached zero and nobody else will release it.
     #[cold]
     pub(crate) unsafe fn release(this: NonNull<Self>) {
-        let detached = {
-            // SAFETY: the node stays allocated until `free`, which needs it on the list first;
-            // the tree outlives it. Both borrows end inside this block.
+        let tree = {
+            // SAFETY: ours until published below (count zero, not yet on the list); the tree
+            // outlives it. The borrow ends inside this block: once the node is on the list,
+            // another thread's reclamation may free it (we are not pinned), so nothing of it
+            // is read after the push.
             let node = unsafe { this.as_ref() };
-            let tree = node.tree();
-            tree.note_released(node.id);
-            (tree.push_released(this), node.tree)
+            node.tree().note_released(node.id);
+            node.tree
         };
-        if let (true, tree) = detached {
-            // SAFETY: the tree is alive: the node just pushed is not freed before the tree's
-            // reclamation runs, and that needs the tree. No borrow of it is held here.
-            unsafe { TreeInner::pump_detached(tree) };
-        }
+        // SAFETY: the tree is alive (this unpublished node keeps its root, hence a share);
+        // no borrow of it is held here.
+        unsafe { TreeInner::publish_released(tree, |t| t.push_released(this)) };
     }
 
     /// Frees a released node after the grace period: unlinks it, drops it, and puts the

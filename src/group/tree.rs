@@ -350,8 +350,8 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
 
     /// Pushes a released node onto the released list (Treiber push: lock-free, no
     /// allocation). Returns whether the tree's handle is gone, in which case nobody else
-    /// would reclaim: the caller should call [`TreeInner::pump_detached`] unless it runs
-    /// inside the collector.
+    /// would reclaim: the caller should reclaim (see [`TreeInner::publish_released`]) unless
+    /// it runs inside the collector.
     #[must_use]
     pub(crate) fn push_released(&self, node: NonNull<Node<P, K>>) -> bool {
         // ORDERING: Relaxed initial load; the CAS publishes.
@@ -378,22 +378,27 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
         self.detached.load(Ordering::Relaxed)
     }
 
-    /// Reclaims on behalf of a detached tree, holding an ownership share meanwhile (freeing
-    /// the root gives up the tree's last other share).
+    /// Publishes a released node with `push` (which returns whether the tree is detached)
+    /// and, if the tree is detached, reclaims. Holds an ownership share of the tree
+    /// throughout: the releasing thread is not pinned, so once the node is on the list any
+    /// reclamation may free it, and with it the chain up to the root, whose free gives up a
+    /// share of the tree. Nothing of the node is read after `push`.
     ///
     /// # Safety
     ///
-    /// `this` points to a live tree (the caller holds something that keeps it alive until
-    /// this call starts, such as a released node not yet freed) and no reference to it is
-    /// held across the call: the tree may be freed inside.
-    pub(crate) unsafe fn pump_detached(this: NonNull<Self>) {
+    /// `this` points to a live tree (the caller owns a released node of it that is not yet
+    /// published, which keeps the root, hence a share, alive) and no reference to it is held
+    /// across the call: the tree may be freed inside.
+    pub(crate) unsafe fn publish_released(this: NonNull<Self>, push: impl FnOnce(&Self) -> bool) {
         {
             // SAFETY: alive (caller's obligation); the borrow ends before the release below.
             let tree = unsafe { this.as_ref() };
             // ORDERING: Relaxed: a new share is taken while another keeps the tree alive
             // (the Arc recipe); `release_owner`'s AcqRel orders the rest.
             tree.owners.fetch_add(1, Ordering::Relaxed);
-            tree.reclaim_pumped();
+            if push(tree) {
+                tree.reclaim_pumped();
+            }
         }
         // SAFETY: the share taken above, given up; `this` is not used afterwards.
         unsafe { Self::release_owner(this) };
