@@ -23,7 +23,8 @@ use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering, fence};
 /// before giving up: each round lets the epoch advance once, and a node is freed two
 /// advances after it was deferred (rounds that free something do not count: freeing a child
 /// can release its parent, and so on up the tree). Smaller under loom, where every round
-/// multiplies the interleavings to explore (loom models call [`TreeInner::reclaim_once`] in their concurrent sections).
+/// multiplies the interleavings to explore (loom models call [`TreeInner::reclaim_once`] in
+/// their concurrent sections).
 const PUMP_ROUNDS: usize = if cfg!(loom) { 16 } else { 64 };
 
 /// Notified when groups are released (last reference gone) and freed (memory returned).
