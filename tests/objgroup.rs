@@ -31,6 +31,7 @@ extern crate alloc;
 
 use alloc::sync::Arc;
 use core::panic::AssertUnwindSafe;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::collections::HashSet;
 use std::panic::catch_unwind;
@@ -76,6 +77,28 @@ fn charge<P: CpuProvider, const K: usize>(cpu: usize, o: &ObjGroup<P, K>, n: usi
 /// Uncharges `n` bytes through `o` on CPU `cpu`.
 fn uncharge<P: CpuProvider, const K: usize>(cpu: usize, o: &ObjGroup<P, K>, n: usize) {
     on(cpu, || o.uncharge_bytes(n));
+}
+
+/// Charges an object of `n` bytes through `o` on CPU `cpu` with `charge_object` (the charge
+/// must succeed) and returns the object's reference.
+#[track_caller]
+fn charge_obj(cpu: usize, o: &ObjGroup<TestCpus>, n: usize) -> NonNull<()> {
+    let r = on(cpu, || o.charge_object(n));
+    match r {
+        Ok(c) => c.object,
+        Err(e) => panic!("charge an object of {n} bytes on CPU {cpu}: {e:?}"),
+    }
+}
+
+/// Gives back an object of `n` bytes on CPU `cpu` with `uncharge_object`.
+///
+/// # Safety
+///
+/// `object` came from [`charge_obj`] (or `into_raw`) on a `TestCpus` tree's `ObjGroup`
+/// and is given back once.
+unsafe fn uncharge_obj(cpu: usize, object: NonNull<()>, n: usize) {
+    // SAFETY: the caller's obligation.
+    on(cpu, || unsafe { ObjGroup::<TestCpus>::uncharge_object(object, n) });
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -964,7 +987,7 @@ fn charge_object_charges_like_charge_bytes_and_takes_one_reference_per_object() 
     assert_o1(&a, &oa, live, UNIT);
     for (obj, size) in objects {
         // SAFETY: from `charge_object` on `oa`, given back once.
-        on(0, || unsafe { ObjGroup::<TestCpus>::uncharge_object(obj, size) });
+        unsafe { uncharge_obj(0, obj, size) };
         uncharge(1, &ob, size);
         assert_eq!(usage(&a), usage(&b));
         assert_eq!(bytes(&oa), bytes(&ob));
@@ -987,11 +1010,11 @@ fn spares_are_bounded_per_cpu_and_drains_return_them() {
     let o = g.obj_group().unwrap();
     let r0 = o.ref_count();
     let n = 5 * SPARES + 3;
-    let objects: Vec<_> = (0..n).map(|_| on(0, || o.charge_object(10)).unwrap().object).collect();
+    let objects: Vec<_> = (0..n).map(|_| charge_obj(0, &o, 10)).collect();
     let mut max_seen = 0;
     for (i, obj) in objects.into_iter().enumerate() {
         // SAFETY: from `charge_object` on `o`, given back once.
-        on(1, || unsafe { ObjGroup::<TestCpus>::uncharge_object(obj, 10) });
+        unsafe { uncharge_obj(1, obj, 10) };
         let live = n - i - 1;
         let extra = o.ref_count() - r0 - live;
         max_seen = max_seen.max(extra);
@@ -1016,7 +1039,7 @@ fn a_refused_object_charge_takes_no_reference() {
     let g = tree.root().create_child(GroupSpec::new().max(2)).unwrap();
     let o = g.obj_group().unwrap();
     let r0 = o.ref_count();
-    let kept = on(0, || o.charge_object(150)).unwrap().object; // 2 units, 50 bytes cached
+    let kept = charge_obj(0, &o, 150); // 2 units, 50 bytes cached
     let refs = o.ref_count();
     let failure = on(0, || o.charge_object(120)).unwrap_err();
     assert!(matches!(failure, ChargeFailure::Limit { .. }), "{failure:?}");
@@ -1026,12 +1049,12 @@ fn a_refused_object_charge_takes_no_reference() {
     assert_eq!(o.ref_count(), refs - 1, "no reference for a refused object");
     assert_eq!(usage(&g), 2);
     // Off any CPU: the stocks are bypassed, the reference is a plain one.
-    let off = on(NO_CPU, || o.charge_object(0)).unwrap().object;
+    let off = charge_obj(NO_CPU, &o, 0);
     assert_eq!(o.ref_count(), refs);
     // SAFETY: both from `charge_object` on `o`, given back once each.
     unsafe {
-        on(NO_CPU, || ObjGroup::<TestCpus>::uncharge_object(off, 0));
-        on(0, || ObjGroup::<TestCpus>::uncharge_object(kept, 150));
+        uncharge_obj(NO_CPU, off, 0);
+        uncharge_obj(0, kept, 150);
     }
     let _ = tree.drain_all(&g);
     assert_eq!((o.ref_count(), usage(&g)), (r0, 0));
@@ -1057,7 +1080,7 @@ fn object_references_mix_with_into_raw_and_from_raw() {
         charge(cpu, &o, 70);
         let raw = o.clone().into_raw();
         // SAFETY: from `into_raw`, given back once.
-        on(1 - cpu, || unsafe { ObjGroup::<TestCpus>::uncharge_object(raw, 70) });
+        unsafe { uncharge_obj(1 - cpu, raw, 70) };
     }
     let _ = tree.drain_all(&g);
     assert_eq!((o.ref_count(), usage(&g)), (r0, 0));
@@ -1077,12 +1100,11 @@ fn objects_and_spares_outlive_an_offline_group() {
     let g = child(&parent);
     let gid = g.id();
     let o = g.obj_group().unwrap();
-    let mut objects: Vec<_> =
-        (0..300).map(|i| on(i % 2, || o.charge_object(1 + i % 180)).unwrap().object).collect();
+    let mut objects: Vec<_> = (0..300).map(|i| charge_obj(i % 2, &o, 1 + i % 180)).collect();
     // Half are given back before the offline (spares build up on both CPUs).
     for (i, obj) in objects.drain(..150).enumerate() {
         // SAFETY: from `charge_object` on `o`, given back once.
-        on(1 - i % 2, || unsafe { ObjGroup::<TestCpus>::uncharge_object(obj, 1 + i % 180) });
+        unsafe { uncharge_obj(1 - i % 2, obj, 1 + i % 180) };
     }
     g.offline().unwrap();
     drop((o, g));
@@ -1092,7 +1114,7 @@ fn objects_and_spares_outlive_an_offline_group() {
     for (j, obj) in objects.into_iter().enumerate() {
         let i = j + 150;
         // SAFETY: as above.
-        on(i % 2, || unsafe { ObjGroup::<TestCpus>::uncharge_object(obj, 1 + i % 180) });
+        unsafe { uncharge_obj(i % 2, obj, 1 + i % 180) };
     }
     assert_eq!(tree.stats().objgroups_freed, before.objgroups_freed, "spares still hold it");
     let _ = tree.drain_all(&root);
@@ -1110,11 +1132,10 @@ fn dropping_the_tree_returns_every_cpus_spares() {
     let (tree, log) = exact_tree(4);
     let g = child(&tree.root());
     let o = g.obj_group().unwrap();
-    let objects: Vec<_> =
-        (0..scaled(400, 80)).map(|i| on(i % 4, || o.charge_object(64)).unwrap().object).collect();
+    let objects: Vec<_> = (0..scaled(400, 80)).map(|i| charge_obj(i % 4, &o, 64)).collect();
     for (i, obj) in objects.into_iter().enumerate() {
         // SAFETY: from `charge_object` on `o`, given back once.
-        on((i + 1) % 4, || unsafe { ObjGroup::<TestCpus>::uncharge_object(obj, 64) });
+        unsafe { uncharge_obj((i + 1) % 4, obj, 64) };
     }
     assert!(o.ref_count() > 2, "spares are cached");
     drop((o, g));
@@ -2112,20 +2133,20 @@ fn bytes_and_spares_on_the_highest_cpu_are_drained_and_freed() {
     let g = child(&tree.root());
     let o = g.obj_group().unwrap();
     let r0 = o.ref_count();
-    let object = on(63, || o.charge_object(30)).unwrap().object;
-    let more = on(63, || o.charge_object(30)).unwrap().object; // from the stock: a spare batch
+    let object = charge_obj(63, &o, 30);
+    let more = charge_obj(63, &o, 30); // from the stock: a spare batch
     // SAFETY: from `charge_object` on `o`, given back once each.
-    on(63, || unsafe {
-        ObjGroup::<TestCpus>::uncharge_object(object, 30);
-        ObjGroup::<TestCpus>::uncharge_object(more, 30);
-    });
+    unsafe {
+        uncharge_obj(63, object, 30);
+        uncharge_obj(63, more, 30);
+    }
     assert!(o.cached_bytes() > 0 && o.ref_count() > r0, "CPU 63 caches bytes and references");
     assert!(tree.drain_all(&g).is_some());
     assert_eq!((o.cached_bytes(), o.ref_count(), usage(&g)), (0, r0, 0), "the drain reached CPU 63");
     // Left in the stock for the tree's drop to find.
-    let object = on(63, || o.charge_object(30)).unwrap().object;
+    let object = charge_obj(63, &o, 30);
     // SAFETY: as above.
-    on(63, || unsafe { ObjGroup::<TestCpus>::uncharge_object(object, 30) });
+    unsafe { uncharge_obj(63, object, 30) };
     drop((o, g));
     finish(tree, log);
 }
