@@ -280,33 +280,18 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
     #[must_use]
     pub(crate) fn push_released_obj(&self, node: NonNull<ObjNode<P, K>>) -> bool {
         self.objs_released.fetch_add(1, Ordering::Relaxed);
-        // ORDERING: Relaxed initial load; the CAS publishes.
-        let mut head = self.released_objs.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: released, owned by the pusher until the CAS succeeds.
-            unsafe { node.as_ref() }.next_released.store(head, Ordering::Relaxed);
-            // ORDERING: Release pairs with the Acquire swap in `reclaim_with`.
-            match self.released_objs.compare_exchange_weak(
-                head,
-                node.as_ptr(),
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(now) => head = now,
-            }
-        }
-        // ORDERING: as in `push_released`.
-        fence(Ordering::SeqCst);
-        self.detached.load(Ordering::Relaxed)
+        // SAFETY: released, owned by the pusher until the push publishes it.
+        treiber_push(&self.released_objs, node, &unsafe { node.as_ref() }.next_released);
+        self.is_detached()
     }
 
-    /// Whether the tree handle is gone (see `push_released` for the ordering with
-    /// `Tree::drop`): once `true`, it stays so.
+    /// Whether the tree handle is gone: once `true`, it stays so. Called after the caller
+    /// released a node (its last `put`) or pushed one on a released list.
     pub(crate) fn is_detached(&self) -> bool {
-        // ORDERING: the SeqCst fence orders this load after the caller's release of a node
-        // (its last `put`), as `push_released` does; pairs with the fence in `Tree::drop`
-        // after storing `detached`.
+        // ORDERING: store-buffering with `Tree::drop` (store `detached`, fence, drain the
+        // lists): with a SeqCst fence on both sides, either this load sees `detached` or the
+        // drop's drain sees the node the caller released or pushed before it, so no released
+        // node is stranded.
         fence(Ordering::SeqCst);
         self.detached.load(Ordering::Relaxed)
     }
@@ -355,28 +340,9 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
     /// it runs inside the collector.
     #[must_use]
     pub(crate) fn push_released(&self, node: NonNull<Node<P, K>>) -> bool {
-        // ORDERING: Relaxed initial load; the CAS publishes.
-        let mut head = self.released.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: the node is released and owned by the pusher until the CAS succeeds.
-            unsafe { node.as_ref() }.next_released.store(head, Ordering::Relaxed);
-            // ORDERING: Release pairs with the Acquire swap in `reclaim`, which then sees the
-            // link and every write made to the node before its release.
-            match self.released.compare_exchange_weak(
-                head,
-                node.as_ptr(),
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(now) => head = now,
-            }
-        }
-        // ORDERING: store-buffering with `Tree::drop` (store `detached`, fence, drain the list):
-        // with a SeqCst fence on both sides, either this load sees `detached` or the drop's
-        // drain sees the node pushed above, so no released node is stranded.
-        fence(Ordering::SeqCst);
-        self.detached.load(Ordering::Relaxed)
+        // SAFETY: released, owned by the pusher until the push publishes it.
+        treiber_push(&self.released, node, &unsafe { node.as_ref() }.next_released);
+        self.is_detached()
     }
 
     /// Publishes a released node with `push` (which returns whether the tree is detached)
@@ -531,6 +497,23 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
             // SAFETY: last share: nobody else can reach the tree (every node is freed, the
             // handle is gone). Allocated by `Box::leak` in `Tree::with_config`.
             drop(unsafe { Box::from_raw(this.as_ptr()) });
+        }
+    }
+}
+
+/// Pushes `node`, whose link field is `link`, onto the intrusive stack `list` (Treiber push:
+/// lock-free, no allocation). The node must be owned by the caller until this returns.
+fn treiber_push<T>(list: &AtomicPtr<T>, node: NonNull<T>, link: &AtomicPtr<T>) {
+    // ORDERING: Relaxed initial load; the CAS publishes.
+    let mut head = list.load(Ordering::Relaxed);
+    loop {
+        // ORDERING: Relaxed; published by the Release CAS below.
+        link.store(head, Ordering::Relaxed);
+        // ORDERING: Release pairs with the Acquire swap in `reclaim_with`, which then sees
+        // the link and every write made to the node before its release.
+        match list.compare_exchange_weak(head, node.as_ptr(), Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(now) => head = now,
         }
     }
 }
@@ -778,7 +761,7 @@ impl<P: CpuProvider, const K: usize> Drop for Tree<P, K> {
         let root = self.root_node();
         drop(groups);
         let inner = self.inner();
-        // ORDERING: store-buffering with `push_released` (see there): SeqCst fence between
+        // ORDERING: store-buffering with `is_detached` (see there): SeqCst fence between
         // this store and the drain in `reclaim_pumped` below.
         inner.detached.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
