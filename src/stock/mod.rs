@@ -191,7 +191,8 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     /// `closed`. Off the fast paths: only refills call it, and after the first time it is
     /// one load of a line nobody writes.
     #[inline(always)]
-    fn note_used(&self, cpu: usize) {
+    fn note_used(&self, cpu: Option<usize>) {
+        let Some(cpu) = cpu.filter(|&c| c < self.cpus.len()) else { return };
         // ORDERING: Relaxed; published by `enter_on`'s light barrier (see above).
         if self.used.load(Ordering::Relaxed) <= cpu {
             self.used.fetch_max(cpu + 1, Ordering::Relaxed);
@@ -316,10 +317,8 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     pub(crate) fn refill(&self, cpu: Option<usize>, node: NonNull<Node<P, K>>, n: usize) {
         // SAFETY: the caller holds a reference on `node` (it just charged it).
         let nref = unsafe { node.as_ref() };
-        if let Some(c) = cpu {
-            if n <= self.batch && c < self.cpus.len() {
-                self.note_used(c);
-            }
+        if n <= self.batch {
+            self.note_used(cpu);
         }
         let s = match self.slot(cpu) {
             Some(s) if n <= self.batch && self.enter(s) => s,
@@ -603,11 +602,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     ) {
         // SAFETY: the caller holds a reference on `obj` (a handle or an object's).
         let o = unsafe { obj.as_ref() };
-        if let Some(c) = cpu {
-            if c < self.cpus.len() {
-                self.note_used(c);
-            }
-        }
+        self.note_used(cpu);
         let s = match self.slot(cpu) {
             Some(s) if self.enter_on(&s.obj.busy, &s.steal.objs) => s,
             _ => return o.flush_bytes(bytes),
