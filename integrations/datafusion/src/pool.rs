@@ -514,10 +514,17 @@ impl ChargeTreePool {
 }
 
 /// The lowest level (from the consumer up) that refuses: one above its `high` (if `high`),
-/// or one where the consumer's side would take bytes guaranteed to its siblings (if
-/// `guarantee`).
+/// or one whose usage plus the unused guarantees below it that are not the consumer's own
+/// would exceed its `max` (if `guarantee`).
+///
+/// The unused guarantees are summed from the consumer up: at each level, those of its
+/// children except the one on the consumer's path (Σ `min` − Σ `min(usage, min)` over the
+/// children, which chargetree maintains, minus that child's own). So a guarantee counts at
+/// its parent and at every level above it: the unspillable reserve of a query without a
+/// `max` of its own is still kept free below the tenant's or the global limit.
 #[inline]
 fn check_levels(c: &ConsumerState, high: bool, guarantee: bool) -> Option<Refusal> {
+    let mut unused_below = 0usize;
     for (i, l) in c.levels.iter().enumerate() {
         let counter = l.group.counter();
         if high {
@@ -530,14 +537,15 @@ fn check_levels(c: &ConsumerState, high: bool, guarantee: bool) -> Option<Refusa
             // ORDERING: Relaxed; configuration, read racily like chargetree's own limits.
             let total = l.info.children_guarantee.load(Ordering::Relaxed);
             if total != 0 {
-                // Unused guarantee of this level's children = Σ min − Σ min(usage, min);
-                // the consumer's own side (the child on its path) may use its own.
                 let child = c.levels[i - 1].group.counter();
                 let own_unused = child.min().saturating_sub(child.min_usage());
                 let unused = total.saturating_sub(counter.children_min_usage()).saturating_sub(own_unused);
+                unused_below = unused_below.saturating_add(unused);
+            }
+            if unused_below != 0 {
                 let (usage, max) = (counter.usage(), counter.max());
-                if unused != 0 && usage.saturating_add(unused) > max {
-                    return Some(Refusal::Guarantee { level: i, max, usage, guaranteed: unused });
+                if usage.saturating_add(unused_below) > max {
+                    return Some(Refusal::Guarantee { level: i, max, usage, guaranteed: unused_below });
                 }
             }
         }

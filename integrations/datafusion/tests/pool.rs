@@ -198,6 +198,29 @@ fn unspillable_reserve_is_kept_from_spillable_consumers() {
 }
 
 #[test]
+fn a_reserve_is_kept_free_below_every_limit_above_it() {
+    // The query has no max of its own: its unspillable reserve is kept below the global one.
+    let global = ChargeTreePool::new(Budget::new().max(10 * MIB)).unwrap();
+    let tenant = global.child("t", Budget::new()).unwrap();
+    let query = tenant.child("q", Budget::new().unspillable_reserve(2 * MIB)).unwrap();
+    let spill = reservation(&query, "sort", true);
+    let keep = reservation(&query, "merge", false);
+    let msg = exhausted(spill.try_grow(8 * MIB + 1));
+    assert!(msg.contains("refused by 'global'"), "{msg}");
+    assert!(msg.contains("2.0 MB of its max 10.0 MB is guaranteed"), "{msg}");
+    spill.try_grow(8 * MIB).unwrap();
+    keep.try_grow(2 * MIB).unwrap();
+    assert_eq!(global.reserved(), 10 * MIB);
+    // A sibling tenant is not bound by it: the reserve is this query's share, not a global
+    // guarantee (the sibling is refused by the global max alone).
+    let other = global.child("other", Budget::new()).unwrap();
+    keep.shrink(2 * MIB);
+    let r = reservation(&other, "x", true);
+    r.try_grow(2 * MIB).unwrap();
+    assert_eq!(global.reserved(), 10 * MIB);
+}
+
+#[test]
 fn a_tenants_guarantee_is_kept_from_its_siblings() {
     let global = ChargeTreePool::new(Budget::new().max(10 * MIB)).unwrap();
     let a = global.child("a", Budget::new().guarantee(4 * MIB)).unwrap();
