@@ -20,6 +20,32 @@
 //!     └── q2 ...
 //! ```
 //!
+//! ```
+//! use chargetree_datafusion::{Budget, ChargeTreePool};
+//! use datafusion_execution::memory_pool::{MemoryConsumer, MemoryPool};
+//! use datafusion_execution::runtime_env::RuntimeEnvBuilder;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! const MIB: usize = 1 << 20;
+//! let global = ChargeTreePool::new(Budget::new().max(1024 * MIB))?;
+//! let tenant = global.child("acme", Budget::new().max(256 * MIB).guarantee(64 * MIB))?;
+//! let query = tenant.child("q1", Budget::new().max(64 * MIB).high(48 * MIB).unspillable_reserve(8 * MIB))?;
+//!
+//! // The query's own RuntimeEnv (its other parts may be shared: see
+//! // `RuntimeEnvBuilder::from_runtime_env`).
+//! let runtime = RuntimeEnvBuilder::new().with_memory_pool(query.memory_pool()).build_arc()?;
+//!
+//! // What an operator does with it:
+//! let sorter = MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&runtime.memory_pool);
+//! sorter.try_grow(40 * MIB)?;
+//! assert_eq!((query.reserved(), tenant.reserved(), global.reserved()), (40 * MIB, 40 * MIB, 40 * MIB));
+//! // Above 48 MiB (high), a spillable operator is told to spill; unspillable ones go on to 64 MiB.
+//! let err = sorter.try_grow(16 * MIB).unwrap_err();
+//! assert!(err.to_string().contains("refused by 'global/acme/q1'"));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # What each operation does
 //!
 //! | `MemoryPool` call | chargetree | then |
