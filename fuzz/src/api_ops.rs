@@ -434,10 +434,11 @@ fn step(input: &mut Input<'_>, tree: &Tree<TestCpus, K>, world: &Mutex<World>) {
                     assert!(usage > v, "set_max({g}, {v}) refused at usage {usage}");
                     assert_eq!(group.cached_units(), 0, "the refused write drained the group");
                 }
+                Err(other) => panic!("set_max({g}, {v}): unexpected {other:?}"),
             }
         }
         16 => {
-            let (_, group) = held(input, world).expect("the root is held");
+            let (g, group) = held(input, world).expect("the root is held");
             let (which, v) = (input.u8() % 3, input.limit());
             let c = group.counter();
             let r = match which {
@@ -445,7 +446,16 @@ fn step(input: &mut Input<'_>, tree: &Tree<TestCpus, K>, world: &Mutex<World>) {
                 1 => c.set_min(v),
                 _ => c.set_low(v),
             };
-            assert_eq!(r.is_ok(), v <= COUNTER_MAX);
+            let offline = !lock(world).online[g];
+            let expected = if v > COUNTER_MAX {
+                Err(LimitError::TooLarge { value: v })
+            } else if which != 0 && offline && !group.is_root() {
+                // An offline group's protection is revoked for good.
+                Err(LimitError::Retired)
+            } else {
+                Ok(())
+            };
+            assert_eq!(r, expected, "set of {g}'s setting {which} to {v}");
         }
         17 => walk_reclaim(input, world),
         18 => {

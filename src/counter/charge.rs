@@ -1,10 +1,46 @@
 //! charge / try_charge / uncharge: the hierarchical walks and their rollback
-//! (mirrors `page_counter_charge()`, `page_counter_try_charge()`, `page_counter_uncharge()`
-//! and `page_counter_cancel()`).
+//! (after `page_counter_charge()`, `page_counter_try_charge()`, `page_counter_uncharge()`
+//! and `page_counter_cancel()` in Linux's `mm/page_counter.c`, with the changes listed in
+//! the module docs: a read-only pre-check, adds top-down, and subtractions that never take
+//! a node below zero).
+//!
+//! # Why adds go top-down and subtractions never go below zero
+//!
+//! A charge adds its amount to every level, checks each level's limit right after its add,
+//! and undoes what it added if a level refuses. Until the whole walk has passed, its units
+//! at a level are *speculative*. An over-uncharge (a caller bug, clamped at zero) racing
+//! with it may take such units, which are indistinguishable from committed ones. That is
+//! harmless as long as two things hold, and this file makes both hold:
+//!
+//! 1. **Every subtraction takes only what the level holds** (a compare-and-swap that stops
+//!    at zero, never a subtraction that is repaired afterwards): no value is ever negative,
+//!    so no other operation ever computes with a value that is about to be repaired. An
+//!    undo that finds some of its own units taken by a clamped over-uncharge takes what is
+//!    left, and the levels above it give back only that much: the over-uncharger has already
+//!    passed the units it took up the tree (units are fungible; every level ends with the
+//!    same total as if the over-uncharge had found the node without the speculative units).
+//! 2. **No level ever lacks units that a level below it has.** Adds go top-down (a walk that
+//!    has units at a node has them at every ancestor of it), and subtractions go bottom-up
+//!    (a walk that gave units back at a node still has them above it). So what an uncharge
+//!    takes at a node is always there to take at each ancestor, and the clamp at an ancestor
+//!    only ever triggers after that ancestor was itself over-uncharged (Linux's hierarchical
+//!    clamp: over-uncharging a node that has children can take units its children hold,
+//!    which it cannot tell from its own).
+//!
+//! A read-only pre-check walks bottom-up first and refuses at the lowest level whose limit
+//! the charge would pass, before anything is written: a group at its own limit that keeps
+//! retrying disturbs none of its ancestors, and the reported level is the lowest refusing
+//! one, as in Linux's bottom-up walk.
 
 use super::{COUNTER_MAX, ChargeError, Counter, Overflow, Underflow, clamp_nonneg};
 use crate::sync::atomic::Ordering;
 use crate::sync::dekker_fence;
+
+/// How many levels one frame of the commit walk keeps on the stack. A deeper path commits the
+/// levels above each chunk of this many first (recursively, so a path of `d` levels uses
+/// `d / CHUNK` frames); those upper levels raise their peaks as soon as their own checks pass,
+/// the lowest chunk only once the whole walk has committed.
+const CHUNK: usize = 16;
 
 impl<'p> Counter<'p> {
     /// Charges `n` to this node and every ancestor if no `max` on the way would be exceeded.
@@ -14,9 +50,12 @@ impl<'p> Counter<'p> {
     /// reports that `n` is above [`COUNTER_MAX`] ([`ChargeError::TooLarge`]). `n == 0` always
     /// succeeds and changes nothing.
     ///
-    /// Charges are speculative (add, then compare, then undo): a charge that fails may for a
-    /// moment make a concurrent smaller charge fail too, by at most the size of the charges
-    /// in flight. A charge never *succeeds* above a limit (protocol L in the module docs).
+    /// The limits are checked twice: first by reading every level bottom-up (a charge that
+    /// would pass a limit is refused there without writing anything), then by adding
+    /// top-down and checking each level right after its add (protocol L in the module docs).
+    /// A charge that fails in the second pass, because of a racing charge, may for a moment
+    /// make a concurrent smaller charge fail too, by at most the size of the charges in
+    /// flight. A charge never *succeeds* above a limit.
     ///
     /// ```
     /// use chargetree::counter::{ChargeError, Counter};
@@ -64,7 +103,7 @@ impl<'p> Counter<'p> {
     /// Uncharging more than a node holds is a caller bug: the node is clamped at zero (never
     /// wraps), the excess is counted in [`Counter::underflows`] / [`Counter::forgiven`],
     /// ancestors are uncharged only by what the node held, and debug builds panic (like
-    /// Linux's `WARN_ONCE`) *after* the state has been repaired. Use
+    /// Linux's `WARN_ONCE`) *after* every level has been updated. Use
     /// [`Counter::try_uncharge`] to get the clamp as an error instead.
     #[inline]
     #[track_caller]
@@ -86,6 +125,11 @@ impl<'p> Counter<'p> {
     /// [`Underflow`] instead of asserting. The clamp has been applied and counted when the
     /// error is returned; the counters balance.
     ///
+    /// The clamp is exact under concurrency: the node gives up what it holds at the moment
+    /// of the uncharge and never less, concurrent charges and uncharges of the same node
+    /// are never lost, and an uncharge is counted as an underflow only if, in the order in
+    /// which the node's updates took effect, the node held less than it asked for.
+    ///
     /// ```
     /// use chargetree::counter::Counter;
     ///
@@ -106,129 +150,215 @@ impl<'p> Counter<'p> {
         if n == 0 {
             return Ok(());
         }
-        let applied = self.cancel_walk(n, None);
+        let applied = self.subtract_walk(n, true);
         if applied == n { Ok(()) } else { Err(Underflow { requested: n, forgiven: n - applied }) }
     }
 
     /// The shared walk of `charge` and `try_charge`. `FORCE` compares against
-    /// [`COUNTER_MAX`] instead of each node's `max`. On failure every level below the failing
-    /// node has been rolled back and the failing node and its level are returned.
+    /// [`COUNTER_MAX`] instead of each node's `max`. On failure nothing this walk added is
+    /// left and the refusing node and its level are returned.
     ///
     /// Precondition: `0 < n <= COUNTER_MAX`.
     #[inline(always)]
     fn charge_walk<const FORCE: bool>(&self, n: usize) -> Result<(), (&Counter<'p>, usize)> {
-        let delta = n as isize; // n <= COUNTER_MAX <= isize::MAX
-        let mut c: &Counter<'p> = self;
-        let mut level = 0;
-        // Levels (bit i = level i) that saw a new local peak. Peaks are raised only once the
-        // whole walk has succeeded, so a charge that is rolled back leaves no peak behind.
-        let mut new_peaks: u64 = 0;
-        loop {
-            // ORDERING: SeqCst RMW, first half of protocol L (module docs): the increment is
-            // ordered before the load of `max` below, and pairs with the SeqCst swap of `max`
-            // and re-read of `usage` in `set_max`.
-            let new = c.usage.fetch_add(delta, Ordering::SeqCst).wrapping_add(delta);
-            dekker_fence();
-            let limit = if FORCE {
-                COUNTER_MAX
-            } else {
-                // ORDERING: SeqCst load, second half of protocol L on the charger side.
-                c.conf.max.load(Ordering::SeqCst)
-            };
-            // A wrapped (negative) `new` compares as huge and fails, as in Linux.
-            if new as usize > limit {
-                // Undo this level only; its protection and peaks were not touched yet.
-                // ORDERING: Relaxed; the speculative add is simply withdrawn. A concurrent
-                // `set_max` that saw it retries, which is harmless.
-                c.usage.fetch_sub(delta, Ordering::Relaxed);
-                if !FORCE && c.tracks_failcnt() {
-                    // ORDERING: Relaxed; statistic.
-                    c.track.failcnt.fetch_add(1, Ordering::Relaxed);
-                }
-                if level > 0 {
-                    self.cancel_walk(n, Some(c));
-                }
-                return Err((c, level));
-            }
-            let new = new as usize; // passed the check, so in 0..=COUNTER_MAX
-            c.propagate_protected_usage(new);
-            // ORDERING: Relaxed; racy statistic. One load in the common case.
-            if new > c.track.local_watermark.load(Ordering::Relaxed) {
-                // Bit 63 stands for "level 63 or deeper": those are re-checked on commit.
-                new_peaks |= 1 << level.min(63);
-            }
-            match c.conf.parent {
-                Some(p) => {
-                    c = p;
-                    level += 1;
-                }
-                None => {
-                    if new_peaks != 0 {
-                        self.raise_peaks_on(new_peaks);
-                    }
-                    return Ok(());
-                }
+        // Pass 1, bottom-up and read-only: the lowest level that would refuse refuses now.
+        if let Some(found) = self.lowest_refusing::<FORCE>(n, usize::MAX) {
+            return Err(self.refused::<FORCE>(found));
+        }
+        // Pass 2, top-down: add and check each level (protocol L).
+        match self.commit::<FORCE>(n, 0) {
+            Ok(()) => Ok(()),
+            Err(level) => {
+                // A racing charge filled `level` after the pre-check. Report the lowest level
+                // that refuses now (ours are all rolled back), as the pre-check would have.
+                let lowest = self.lowest_refusing::<FORCE>(n, level);
+                Err(self.refused::<FORCE>(lowest.unwrap_or((self.ancestor(level), level))))
             }
         }
     }
 
-    /// Uncharges `n` from this node upwards, stopping before `stop` (exclusive) or at the
-    /// top. Returns what was applied at the last node visited: `n` unless some node clamped.
+    /// Counts a refusal at `found` (unless forced) and passes it on.
     #[inline]
-    pub(crate) fn cancel_walk(&self, n: usize, stop: Option<&Counter<'p>>) -> usize {
-        let mut amount = n;
-        let mut c: &Counter<'p> = self;
-        loop {
-            if let Some(s) = stop {
-                if core::ptr::eq(c, s) {
-                    return amount;
+    fn refused<'c, const FORCE: bool>(&self, found: (&'c Counter<'p>, usize)) -> (&'c Counter<'p>, usize) {
+        if !FORCE && found.0.tracks_failcnt() {
+            // ORDERING: Relaxed; statistic.
+            found.0.track.failcnt.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// The lowest of the first `levels` levels (this node is level 0) whose limit a charge of
+    /// `n` would pass now, read without writing anything. A hint: racy by design.
+    #[inline]
+    fn lowest_refusing<const FORCE: bool>(&self, n: usize, levels: usize) -> Option<(&Counter<'p>, usize)> {
+        self.ancestors_and_self().take(levels).enumerate().find_map(|(level, c)| {
+            // ORDERING: Relaxed; a hint, the commit pass is what enforces the limits.
+            let usage = clamp_nonneg(c.usage.load(Ordering::Relaxed));
+            let limit = if FORCE { COUNTER_MAX } else { c.conf.max.load(Ordering::Relaxed) };
+            // No overflow: usage <= isize::MAX and n <= COUNTER_MAX <= isize::MAX.
+            (usage + n > limit).then_some((c, level))
+        })
+    }
+
+    /// The ancestor `level` parents up (0 = this node).
+    fn ancestor(&self, level: usize) -> &Counter<'p> {
+        self.ancestors_and_self().nth(level).expect("level is within the path")
+    }
+
+    /// Pass 2 of the charge walk from this node (level `base` of the walk) to the top:
+    /// adds `n` top-down, checking each level right after its add. Returns the level that
+    /// refused, after taking back everything this walk added (see the module docs).
+    fn commit<const FORCE: bool>(&self, n: usize, base: usize) -> Result<(), usize> {
+        let mut path: [Option<&Counter<'p>>; CHUNK] = [None; CHUNK];
+        let mut len = 0;
+        let mut above = Some(self);
+        while len < CHUNK {
+            let Some(c) = above else { break };
+            path[len] = Some(c);
+            len += 1;
+            above = c.conf.parent;
+        }
+        if let Some(upper) = above {
+            // Deeper than one chunk: the levels above it first (top-down overall).
+            upper.commit::<FORCE>(n, base + CHUNK)?;
+        }
+        let mut news = [0usize; CHUNK];
+        for i in (0..len).rev() {
+            let c = path[i].expect("within len");
+            match c.add_checked::<FORCE>(n) {
+                Ok(new) => {
+                    news[i] = new;
+                    if base > 0 {
+                        // An upper chunk: its values passed their checks; see `CHUNK`.
+                        c.raise_peaks(new);
+                    }
+                }
+                Err(kept) => {
+                    // `c` took back what it could of its add; the levels above give back
+                    // exactly as much (module docs, point 1). What it could not take back
+                    // was taken by a clamped over-uncharge, which in the order where this
+                    // refused charge never happened found that much less: forgiven.
+                    if kept < n {
+                        c.note_forgiven(n - kept);
+                    }
+                    let parent = if i + 1 < len { path[i + 1] } else { above };
+                    if let (Some(p), true) = (parent, kept > 0) {
+                        p.subtract_walk(kept, false);
+                    }
+                    return Err(base + i);
                 }
             }
-            amount = c.cancel(amount);
-            if amount == 0 {
-                // Nothing left to take from the ancestors (the node held nothing).
+        }
+        if base == 0 {
+            // The whole walk has committed: raise each level's peaks to the value its own
+            // add produced there (Linux's rule; never a re-read, which could include another
+            // charge's speculative add).
+            for (c, &new) in path[..len].iter().zip(&news[..len]) {
+                c.expect("within len").raise_peaks(new);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `n` at this node and checks its limit (protocol L, charger side). On success
+    /// returns the value the add produced. On refusal takes its add back (as much of it as
+    /// the node still holds, see the module docs) and returns how much it took.
+    #[inline(always)]
+    fn add_checked<const FORCE: bool>(&self, n: usize) -> Result<usize, usize> {
+        let delta = n as isize; // n <= COUNTER_MAX <= isize::MAX
+        // ORDERING: SeqCst RMW, first half of protocol L (module docs): the increment is
+        // ordered before the load of `max` below, and pairs with the SeqCst swap of `max`
+        // and re-read of `usage` in `set_max`. It is also the charger's half of the peak
+        // reset's store-buffering pair (`raise_peaks`, `reset_peak`).
+        let new = self.usage.fetch_add(delta, Ordering::SeqCst).wrapping_add(delta);
+        dekker_fence();
+        let limit = if FORCE {
+            COUNTER_MAX
+        } else {
+            // ORDERING: SeqCst load, second half of protocol L on the charger side.
+            self.conf.max.load(Ordering::SeqCst)
+        };
+        // Usage is never negative (module docs), so a negative `new` can only be a wrap,
+        // which compares as huge and is refused, as in Linux.
+        if new as usize > limit {
+            return Err(self.subtract_clamped(n));
+        }
+        let new = new as usize; // passed the check, so in 0..=COUNTER_MAX
+        self.propagate_protected_usage(new);
+        // ORDERING: Relaxed; `max` is a configuration read, the flag a sticky hint for
+        // `peak_floor`.
+        if FORCE && new > self.conf.max.load(Ordering::Relaxed) {
+            self.track.above_max.store(true, Ordering::Relaxed);
+        }
+        Ok(new)
+    }
+
+    /// Subtracts up to `n` from this node and then from every ancestor, each level giving up
+    /// at most what it holds and passing on what it gave (the hierarchical clamp). Returns
+    /// what the top level gave up (at most what this node gave up). Every level that held
+    /// less than it was asked adds the difference to its `forgiven`; with `count` (an
+    /// uncharge) it also counts an underflow, without (a refused charge taking its own
+    /// speculative units back) it does not: the shortfall is what a clamped over-uncharge
+    /// took, and that uncharge was counted.
+    #[inline]
+    fn subtract_walk(&self, n: usize, count: bool) -> usize {
+        let mut amount = n;
+        let mut c = self;
+        loop {
+            let taken = c.subtract_clamped(amount);
+            if taken < amount {
+                if count {
+                    // ORDERING: Relaxed; statistic.
+                    c.track.underflows.fetch_add(1, Ordering::Relaxed);
+                }
+                c.note_forgiven(amount - taken);
+            }
+            amount = taken;
+            match c.conf.parent {
+                Some(p) if amount > 0 => c = p,
+                _ => return amount,
+            }
+        }
+    }
+
+    /// Takes up to `n` from this node with a compare-and-swap that stops at zero, and
+    /// refreshes its protected usage. Returns what it took.
+    #[inline(always)]
+    fn subtract_clamped(&self, n: usize) -> usize {
+        // ORDERING: Relaxed initial load; the CAS below is what takes effect.
+        let mut cur = self.usage.load(Ordering::Relaxed);
+        loop {
+            let take = clamp_nonneg(cur).min(n);
+            if take == 0 {
+                // Nothing to take, nothing changes (and nothing needs refreshing).
                 return 0;
             }
-            match c.conf.parent {
-                Some(p) => c = p,
-                None => return amount,
+            // ORDERING: SeqCst on success, as every update of `usage`: the store-buffering
+            // pair with `protection_changed` (this uncharger then loads the "armed" flag,
+            // the arming thread loads `usage`) and protocol L's total order. Relaxed on
+            // failure: the value is re-read and nothing was done.
+            match self.usage.compare_exchange_weak(
+                cur,
+                cur - take as isize,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    dekker_fence();
+                    self.propagate_protected_usage(cur as usize - take);
+                    return take;
+                }
+                Err(now) => cur = now,
             }
         }
     }
 
-    /// Local decrement of one node with the underflow clamp (Linux's `page_counter_cancel`).
-    /// Returns the amount actually taken from this node.
-    #[inline(always)]
-    fn cancel(&self, n: usize) -> usize {
-        let delta = if n > isize::MAX as usize { isize::MAX } else { n as isize };
-        // ORDERING: SeqCst RMW (the same instruction as AcqRel on x86): the store-buffering
-        // pair with `protection_changed` (the uncharger then loads the "armed" flag, the
-        // arming thread loads `usage`), as in protocol L; the fence is loom-only.
-        let new = self.usage.fetch_sub(delta, Ordering::SeqCst).wrapping_sub(delta);
-        dekker_fence();
-        if new >= 0 && delta as usize == n {
-            self.after_decrease(new);
-            return n;
-        }
-        self.cancel_clamp(n, delta, new)
-    }
-
-    /// The cold half of `cancel`: the node held less than was asked. Give the deficit back
-    /// with an RMW (so concurrent updates are kept, unlike a plain store of 0), count it, and
-    /// report what was really taken.
+    /// Adds `excess` units dropped by a clamp at this node to [`Counter::forgiven`].
     #[cold]
     #[inline(never)]
-    fn cancel_clamp(&self, n: usize, delta: isize, new: isize) -> usize {
-        let deficit = if new < 0 { new.unsigned_abs() } else { 0 };
-        if deficit > 0 {
-            // ORDERING: AcqRel, as in `cancel`.
-            self.usage.fetch_add(deficit as isize, Ordering::AcqRel);
-        }
-        let applied = delta as usize - deficit;
-        // ORDERING: Relaxed; statistics.
-        self.track.underflows.fetch_add(1, Ordering::Relaxed);
-        let excess = n - applied;
+    fn note_forgiven(&self, excess: usize) {
         // Saturating: a statistic of absurd requests must not wrap back to small values.
+        // ORDERING: Relaxed; statistic.
         let mut f = self.track.forgiven.load(Ordering::Relaxed);
         while let Err(now) = self.track.forgiven.compare_exchange_weak(
             f,
@@ -238,47 +368,25 @@ impl<'p> Counter<'p> {
         ) {
             f = now;
         }
-        // ORDERING: Relaxed; protocol P re-reads and converges.
-        let now = self.usage.load(Ordering::Relaxed);
-        self.after_decrease(if now < 0 { 0 } else { now });
-        applied
     }
 
-    /// After a successful walk, raises the peaks of the levels flagged in `levels` to their
-    /// current usage (a value the usage really had, including this charge; sequentially the
-    /// very value the walk produced).
-    #[cold]
-    #[inline(never)]
-    fn raise_peaks_on(&self, levels: u64) {
-        for (level, c) in self.ancestors_and_self().enumerate() {
-            let flagged = levels & (1 << level.min(63)) != 0;
-            if !flagged {
-                if level >= 63 || levels >> level == 0 {
-                    return;
-                }
-                continue;
-            }
-            // ORDERING: Relaxed; statistic.
-            let usage = clamp_nonneg(c.usage.load(Ordering::Relaxed));
-            // Levels 63 and deeper share one flag: raise only those that are really below.
-            if level < 63 || usage > c.track.local_watermark.load(Ordering::Relaxed) {
-                c.raise_peaks(usage);
-            }
-        }
-    }
-
-    /// Raises both peaks to at least `new`. `fetch_max`, so the peaks are exact maxima of
-    /// the values they were raised to (Linux uses racy stores).
-    #[inline(never)]
-    fn raise_peaks(&self, new: usize) {
-        // ORDERING: Relaxed; statistics. The local peak is raised first and a global reset
-        // sets both, so `local <= global` holds up to a racing reset.
-        self.track.local_watermark.fetch_max(new, Ordering::Relaxed);
-        self.track.watermark.fetch_max(new, Ordering::Relaxed);
-    }
-
+    /// Raises both peaks to at least `new`, a value a committed charge produced at this node.
+    /// `fetch_max`, so the peaks are exact maxima of the values they were raised to (Linux
+    /// uses racy stores).
     #[inline(always)]
-    fn after_decrease(&self, new: isize) {
-        self.propagate_protected_usage(new as usize);
+    pub(super) fn raise_peaks(&self, new: usize) {
+        // ORDERING: SeqCst loads, the charger's half of the store-buffering pair with
+        // `reset_peak` / `PeakWatcher::reset` (which store the new watermark, then re-read
+        // `usage`): after this charge's SeqCst add of `usage`, either this load sees the
+        // reset's store (and raises the new watermark if `new` is above it), or the reset's
+        // re-read sees this charge's add. Plain loads on x86. The local peak is raised
+        // first and a global reset sets both, so `local <= global` holds up to a racing
+        // reset.
+        if new > self.track.local_watermark.load(Ordering::SeqCst) {
+            self.track.local_watermark.fetch_max(new, Ordering::SeqCst);
+        }
+        if new > self.track.watermark.load(Ordering::SeqCst) {
+            self.track.watermark.fetch_max(new, Ordering::SeqCst);
+        }
     }
 }

@@ -116,6 +116,9 @@ pub enum LimitError {
         /// The value asked for.
         value: usize,
     },
+    /// The node's protection was revoked (its group went offline): it claims no `min` or
+    /// `low` any more.
+    Retired,
 }
 
 impl fmt::Display for LimitError {
@@ -127,6 +130,7 @@ impl fmt::Display for LimitError {
             LimitError::TooLarge { value } => {
                 write!(f, "value {value} is above the counter maximum {COUNTER_MAX}")
             }
+            LimitError::Retired => f.write_str("the group is offline: it claims no protection"),
         }
     }
 }

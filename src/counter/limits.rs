@@ -63,7 +63,13 @@ impl Counter<'_> {
         check_value(limit)?;
         let _writer = self.conf.writer.lock();
         // ORDERING: SeqCst, so the exchange takes part in protocol L like `set_max`'s.
-        Ok(self.conf.max.swap(limit, Ordering::SeqCst))
+        let old = self.conf.max.swap(limit, Ordering::SeqCst);
+        if limit < old {
+            // Usage may now stay above `max` (see `peak_floor`).
+            // ORDERING: Relaxed; a sticky hint.
+            self.track.above_max.store(true, Ordering::Relaxed);
+        }
+        Ok(old)
     }
 
     /// Sets the throttling threshold. Never fails for a representable value; usage may be
@@ -78,10 +84,12 @@ impl Counter<'_> {
 
     /// Sets the declared hard protection and refreshes the protected-usage sums of this node
     /// and its ancestors. Any representable value is accepted, even above `max` (only
-    /// `min(usage, min)` counts).
+    /// `min(usage, min)` counts). Refused with [`LimitError::Retired`] once the node's
+    /// protection was revoked (its group went offline).
     pub fn set_min(&self, min: usize) -> Result<(), LimitError> {
         check_value(min)?;
         let _writer = self.conf.writer.lock();
+        self.check_not_retired()?;
         // ORDERING: SeqCst, read by protocol P's re-check in `propagate_slow`.
         self.conf.min.store(min, Ordering::SeqCst);
         self.protection_changed();
@@ -92,10 +100,42 @@ impl Counter<'_> {
     pub fn set_low(&self, low: usize) -> Result<(), LimitError> {
         check_value(low)?;
         let _writer = self.conf.writer.lock();
+        self.check_not_retired()?;
         // ORDERING: SeqCst, see `set_min`.
         self.conf.low.store(low, Ordering::SeqCst);
         self.protection_changed();
         Ok(())
+    }
+}
+
+impl Counter<'_> {
+    /// Revokes this node's protection for good (its group goes offline: Linux's
+    /// `css_offline` zeroes `memory.min` / `memory.low`): `min` and `low` become 0, the
+    /// protected-usage sums are refreshed, and later `set_min` / `set_low` are refused with
+    /// [`LimitError::Retired`], so a reader that sees the node retired sees zero protection
+    /// from then on.
+    #[cfg(feature = "alloc")]
+    pub(crate) fn retire_protection(&self) {
+        let _writer = self.conf.writer.lock();
+        // ORDERING: Relaxed; read and written under `writer`.
+        self.conf.retired.store(true, Ordering::Relaxed);
+        // ORDERING: SeqCst, as in `set_min`.
+        self.conf.min.store(0, Ordering::SeqCst);
+        self.conf.low.store(0, Ordering::SeqCst);
+        self.protection_changed();
+    }
+
+    /// Whether the node's protection was revoked ([`LimitError::Retired`]).
+    #[must_use]
+    pub fn is_retired(&self) -> bool {
+        // ORDERING: Relaxed; a status read.
+        self.conf.retired.load(Ordering::Relaxed)
+    }
+
+    /// Caller holds `writer`.
+    fn check_not_retired(&self) -> Result<(), LimitError> {
+        // ORDERING: Relaxed; written under `writer`, which the caller holds.
+        if self.conf.retired.load(Ordering::Relaxed) { Err(LimitError::Retired) } else { Ok(()) }
     }
 }
 

@@ -9,28 +9,40 @@
 //! Units are abstract: pages, bytes, credits. [`COUNTER_MAX`] is the largest representable
 //! amount and means "unlimited" when used as a limit.
 //!
-//! # Rules (the numbering follows `memcg-semantics.md` §1)
+//! # Rules (after `mm/page_counter.c`; the deviations are marked)
 //!
 //! 1. **Charge** ([`Counter::charge`]) adds to every node from this one to the top and never
 //!    consults a limit (the "force" primitive). It fails only if a node's usage would pass
-//!    [`COUNTER_MAX`] (then nothing is changed).
-//! 2. **Try-charge** ([`Counter::try_charge`]) adds speculatively at each level, then compares
-//!    with that level's `max`; on overshoot it undoes that level, rolls back every level below
-//!    it and returns the *lowest* failing ancestor. No compare-and-swap loop: a failing large
-//!    charge may transiently make a racing smaller charge fail too (never succeed wrongly); the
-//!    error is bounded by the sizes of the charges in flight.
-//! 3. **Uncharge** ([`Counter::uncharge`]) subtracts at every level. Uncharging more than a node
-//!    holds never wraps: the node is clamped at zero by adding the deficit back (so concurrent
-//!    updates are never overwritten, unlike Linux's plain store of 0), the clamp is counted in
-//!    [`Counter::underflows`] / [`Counter::forgiven`], the ancestors are uncharged only by what
-//!    the node really held (so a parent still equals the sum of its children), and
-//!    [`Counter::uncharge`] `debug_assert!`s. [`Counter::try_uncharge`] reports the clamp as a
-//!    typed error instead of asserting.
+//!    [`COUNTER_MAX`] (then nothing is changed; Linux would wrap).
+//! 2. **Try-charge** ([`Counter::try_charge`]) refuses at the *lowest* node whose `max` the
+//!    charge would pass, and leaves nothing behind. It first reads every level bottom-up and
+//!    refuses without writing anything if some level is full; otherwise it adds at every
+//!    level top-down, checking each level right after its add, and takes its adds back if a
+//!    racing charge filled a level meanwhile. No compare-and-swap loop on the charge path: a
+//!    charge that fails in the second pass may transiently make a racing smaller charge fail
+//!    too (never succeed wrongly); the error is bounded by the sizes of the charges in
+//!    flight. (Linux adds bottom-up; adding top-down is what lets rule 3 be exact, see the
+//!    `charge` module's source docs.)
+//! 3. **Uncharge** ([`Counter::uncharge`]) subtracts at every level, bottom-up. No level ever
+//!    gives up more than it holds: each subtraction is a compare-and-swap that stops at zero,
+//!    so usage is never negative, not even for a moment (Linux subtracts and then stores 0,
+//!    overwriting concurrent updates). An uncharge of more than the node holds is clamped,
+//!    counted in [`Counter::underflows`] / [`Counter::forgiven`], the ancestors are uncharged
+//!    only by what the node gave up (so a parent still equals the sum of its children), and
+//!    [`Counter::uncharge`] `debug_assert!`s after every level has been updated;
+//!    [`Counter::try_uncharge`] reports the clamp as a typed error instead. This holds under
+//!    any interleaving of charges (refused ones included) and over-uncharges. A node does
+//!    not know which of its units are its own and which its children's: over-uncharging a
+//!    node that has children can take units they hold (as in Linux), and their later
+//!    uncharges are then clamped at that node.
 //! 4. **Limits**: [`Counter::set_max`] never installs a limit below the current usage
 //!    ([`LimitError::Busy`]) and uses the read–swap–reread protocol below; `high`, `min` and
 //!    `low` are plain stores (`min`/`low` then refresh the protected-usage sums).
 //! 5. **Peaks**: a global peak ([`Counter::peak`]) and a resettable one shared by
-//!    [`PeakWatcher`]s, each of which sees the peak since *its own* last reset.
+//!    [`PeakWatcher`]s, each of which sees the peak since *its own* last reset. Charges raise
+//!    them with the value their own add produced, once the whole charge has committed, so a
+//!    refused charge raises no peak and no peak exceeds `max` unless a forced charge or
+//!    [`Counter::swap_max`] left usage there.
 //! 6. **Protection**: every usage change refreshes `min_usage = min(usage, min)` and
 //!    `low_usage = min(usage, low)` and adds the difference to the parent's
 //!    `children_min_usage` / `children_low_usage`. Effective protection (`emin` / `elow`) is
@@ -65,9 +77,13 @@
 //!
 //! # Racy statistics
 //!
-//! * `peak` / local peak: raised with `fetch_max` when a charge sees a new high, so they are
-//!   exact maxima of the values charges produced; a reset races with concurrent charges by at
-//!   most the charges in flight.
+//! * `peak` / local peak: raised with `fetch_max` when a committed charge produced a new
+//!   high, so they are exact maxima of the values committed charges produced. A reset
+//!   restarts them from the current usage and then re-reads it, so a charge racing with the
+//!   reset is never lost from the new window (it may instead count in it although it
+//!   committed just before the reset). If the usage read by a reset is above `max` and no
+//!   forced charge or `swap_max` ever left the node there, a racing refused charge is in flight: the reset
+//!   re-reads a few times and installs at most `max`.
 //! * `failcnt`: counted with a relaxed `fetch_add` (exact count; its order relative to other
 //!   fields is unspecified).
 //! * Reading several fields is not a snapshot: `usage` may move between two reads.
@@ -144,13 +160,15 @@ const FLAG_FAILCNT: u8 = 1 << 1;
 ///
 /// # Invariants
 ///
-/// * `usage >= 0` outside an uncharge's clamp window (an over-uncharge is clamped, counted
-///   and asserted in debug builds).
+/// * `usage >= 0` at every moment (an over-uncharge is clamped, counted and asserted in
+///   debug builds).
 /// * At quiescence, `usage(c) = local charges of c + Σ usage(children of c)`.
 /// * At quiescence, with protection tracking on, `min_usage = min(usage, min)`,
 ///   `low_usage = min(usage, low)`, and a parent's `children_*_usage` is the sum of its
 ///   children's.
 /// * `local peak <= peak` up to a reset racing a charge.
+/// * At quiescence `usage <= peak`, and `peak <= max` unless a forced charge or
+///   [`Counter::swap_max`] left usage above `max`.
 // Layout: `usage` is written by every charge and gets a line of its own; protection sums,
 // peaks and statistics are written only when they change and share the second line; the
 // limits and the parent pointer are read by every charge and written almost never, so they
@@ -177,6 +195,10 @@ struct Tracking {
     failcnt: AtomicUsize,
     underflows: AtomicUsize,
     forgiven: AtomicUsize,
+    /// Set once usage may have been left above `max` by a committed operation (a forced
+    /// charge past it, or `swap_max` lowering it): from then on a usage above `max` may be
+    /// committed, not only a refused charge's speculative add (see `peak_floor`).
+    above_max: AtomicBool,
 }
 
 /// Read-mostly fields.
@@ -190,6 +212,9 @@ struct Conf<'p> {
     /// Set while this node has declared protection or recorded protected usage: charges
     /// skip the protection bookkeeping of a node that has neither (protocol P's fast path).
     prot_armed: AtomicBool,
+    /// Set (under `writer`) when the node's protection is revoked for good (its group went
+    /// offline): `min`/`low` are 0 and `set_min`/`set_low` are refused from then on.
+    retired: AtomicBool,
     /// Serialises configuration writers (protocol W).
     writer: SpinFlag,
     /// Head of the intrusive list of registered [`PeakWatcher`]s; only touched under `writer`.
@@ -229,15 +254,17 @@ impl<'p> Counter<'p> {
                     failcnt: AtomicUsize::new(0),
                     underflows: AtomicUsize::new(0),
                     forgiven: AtomicUsize::new(0),
+                    above_max: AtomicBool::new(false),
                 }),
                 conf: CachePadded::new(Conf {
                     max: AtomicUsize::new(COUNTER_MAX),
                     high: AtomicUsize::new(COUNTER_MAX),
                     min: AtomicUsize::new(0),
                     low: AtomicUsize::new(0),
-                                        parent,
+                    parent,
                     flags: FLAG_PROTECTION | FLAG_FAILCNT,
                     prot_armed: AtomicBool::new(false),
+                    retired: AtomicBool::new(false),
                     writer: SpinFlag::new(),
                     watchers: UnsafeCell::new(ptr::null()),
                 }),
@@ -306,8 +333,8 @@ impl<'p> Counter<'p> {
         self.conf.flags & FLAG_FAILCNT != 0
     }
 
-    /// Current usage (Linux's `page_counter_read`). A racy read: concurrent charges move it.
-    /// Reads as 0 during the brief window in which an over-uncharge is being clamped.
+    /// Current usage (Linux's `page_counter_read`). A racy read: concurrent charges move it,
+    /// and it includes the speculative adds of charges in flight.
     #[inline]
     #[must_use]
     pub fn usage(&self) -> usize {

@@ -19,8 +19,13 @@ use core::marker::PhantomPinned;
 use core::pin::Pin;
 use core::ptr;
 
-use super::Counter;
+use super::{Counter, clamp_nonneg};
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::sync::dekker_fence;
+
+/// How many times a peak reset re-reads a usage above `max` before it installs `max`
+/// instead (see `Counter::peak_floor`).
+const PEAK_FLOOR_SPINS: usize = 16;
 use crate::sync::cell::UnsafeCell;
 
 /// One registered watcher's node in the counter's list.
@@ -37,14 +42,57 @@ impl Counter<'_> {
     /// Restarts both the global and the local peak from the current usage (cgroup1's
     /// `max_usage_in_bytes` write). Registered [`PeakWatcher`]s keep the peak of the window
     /// that this reset ends.
+    ///
+    /// A charge that commits while the reset runs is never lost from the new window: the
+    /// reset re-reads the usage after installing the new peak (see [`Counter::peak`]).
     pub fn reset_peak(&self) {
         let _writer = self.conf.writer.lock();
-        let usage = self.usage();
+        let usage = self.peak_floor();
         // SAFETY: `conf.writer` is held.
         unsafe { self.restart_local_peak(usage) };
-        // ORDERING: Relaxed; racy statistic (a charge racing with the reset may be lost from
-        // the new window, by at most the charges in flight).
-        self.track.watermark.store(usage, Ordering::Relaxed);
+        // ORDERING: SeqCst store, then (loom only) a fence, then `settle_peaks`' SeqCst
+        // re-read of `usage`: the resetter's half of the store-buffering pair with a
+        // charger's SeqCst add and SeqCst load of the watermark (`raise_peaks`).
+        self.track.watermark.store(usage, Ordering::SeqCst);
+        self.settle_peaks(usage, true);
+    }
+
+    /// After a reset installed `installed`: raises the new peaks to the usage as re-read
+    /// now, so a charge that added before this re-read but compared its value with the old
+    /// watermark (and so did not raise the new one) is counted.
+    fn settle_peaks(&self, installed: usize, global: bool) {
+        dekker_fence();
+        let now = self.peak_floor();
+        if now > installed {
+            // ORDERING: SeqCst, as in `raise_peaks`.
+            self.track.local_watermark.fetch_max(now, Ordering::SeqCst);
+            if global {
+                self.track.watermark.fetch_max(now, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// The usage a reset may install as the new peak: the current usage, unless it is above
+    /// `max` while no forced charge or `swap_max` ever left the node there, which means a refused charge's
+    /// speculative add is in flight (it is taken back within a few instructions). Then the
+    /// usage is re-read a few times, and at worst `max` (which the committed usage is below)
+    /// is installed: no reset makes `peak > max`.
+    fn peak_floor(&self) -> usize {
+        let mut spins = 0;
+        loop {
+            // ORDERING: SeqCst, see `reset_peak`.
+            let usage = clamp_nonneg(self.usage.load(Ordering::SeqCst));
+            let max = self.max();
+            // ORDERING: Relaxed; a sticky hint set by forced charges and `swap_max`.
+            if usage <= max || self.track.above_max.load(Ordering::Relaxed) {
+                return usage;
+            }
+            if spins == PEAK_FLOOR_SPINS {
+                return max;
+            }
+            spins += 1;
+            crate::sync::spin_loop();
+        }
     }
 
     /// The local (resettable) watermark: the peak since the last reset by any reader.
@@ -61,9 +109,10 @@ impl Counter<'_> {
     ///
     /// The caller holds `self.conf.writer`.
     unsafe fn restart_local_peak(&self, usage: usize) {
-        // ORDERING: Relaxed swap; the exchange itself returns the exact maximum of the window
-        // that ends here, including charges that raced with the reset.
-        let ended = self.track.local_watermark.swap(usage, Ordering::Relaxed);
+        // ORDERING: SeqCst swap (the store half of the reset's store-buffering pair, see
+        // `reset_peak`); the exchange itself returns the exact maximum of the window that
+        // ends here, including charges that raced with the reset.
+        let ended = self.track.local_watermark.swap(usage, Ordering::SeqCst);
         // SAFETY: the writer flag is held (caller's obligation), which is what guards the
         // list head and links.
         let mut link = self.conf.watchers.with(|head| unsafe { *head });
@@ -154,7 +203,7 @@ impl<'c, 'p> PeakWatcher<'c, 'p> {
     pub fn reset(self: Pin<&Self>) {
         let counter = self.counter;
         let _writer = counter.conf.writer.lock();
-        let usage = counter.usage();
+        let usage = counter.peak_floor();
         // SAFETY: the writer flag is held.
         unsafe { counter.restart_local_peak(usage) };
         let me: *const WatchLink = &self.link;
@@ -175,6 +224,8 @@ impl<'c, 'p> PeakWatcher<'c, 'p> {
         }
         // ORDERING: Relaxed; statistic, written under the flag.
         self.link.value.store(usage, Ordering::Relaxed);
+        // A charge racing with this reset: see `Counter::reset_peak`.
+        counter.settle_peaks(usage, false);
     }
 }
 

@@ -447,12 +447,11 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
             if online_children > 0 {
                 return Err(GroupError::HasOnlineChildren { online_children });
             }
-            // A dying group stops claiming protection (Linux's css_offline sets min/low to
-            // 0), before the state says so: a reader that sees OFFLINE sees zero protection.
-            // Zero is always representable, so these cannot fail. (The counter's writer flag
-            // nests inside the topology flag, never the other way round.)
-            let _ = node.counter.set_min(0);
-            let _ = node.counter.set_low(0);
+            // A dying group stops claiming protection for good (Linux's css_offline sets
+            // min/low to 0), before the state says so: a reader that sees OFFLINE sees zero
+            // protection, and `set_min`/`set_low` are refused from now on. (The counter's
+            // writer flag nests inside the topology flag, never the other way round.)
+            node.counter.retire_protection();
             // ORDERING: Release pairs with the Acquire in `is_online`.
             node.state.store(OFFLINE, Ordering::Release);
             // SAFETY: topology flag held; the parent is alive (referenced by this node).
