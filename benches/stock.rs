@@ -252,17 +252,21 @@ fn bench(c: &mut Criterion) {
             (0..n).map(|_| ttree.root().create_child(GroupSpec::new()).unwrap()).collect();
         let fill = |gs: &[Group<chargetree::cpu::TestCpus>]| {
             for (i, g) in gs.iter().enumerate() {
-                chargetree::cpu::TestCpus::run_on(i / 8, || {
-                    let _ = g.try_charge(1).unwrap();
-                    g.uncharge(1);
-                });
+                // SAFETY: one thread impersonates the CPUs, one at a time.
+                unsafe {
+                    chargetree::cpu::TestCpus::run_on(i / 8, || {
+                        let _ = g.try_charge(1).unwrap();
+                        g.uncharge(1);
+                    })
+                };
             }
         };
         d.bench_function(format!("fill {n} groups + drain_local on each CPU (baseline)"), |b| {
             b.iter(|| {
                 fill(&gs);
                 for cpu in 0..n.div_ceil(8) {
-                    chargetree::cpu::TestCpus::run_on(cpu, || black_box(ttree.drain_local()));
+                    // SAFETY: as in `fill`.
+                    unsafe { chargetree::cpu::TestCpus::run_on(cpu, || black_box(ttree.drain_local())) };
                 }
             })
         });

@@ -141,10 +141,13 @@ fn main() {
             for _ in 0..n {
                 // Fill: each group caches units on one CPU, then one drain takes them all.
                 for (i, g) in gs.iter().enumerate() {
-                    chargetree::cpu::TestCpus::run_on(i / 8, || {
-                        let _ = g.try_charge(1).unwrap();
-                        g.uncharge(1);
-                    });
+                    // SAFETY: one thread impersonates the CPUs, one at a time.
+                    unsafe {
+                        chargetree::cpu::TestCpus::run_on(i / 8, || {
+                            let _ = g.try_charge(1).unwrap();
+                            g.uncharge(1);
+                        })
+                    };
                 }
                 black_box(tree.drain_all(&tree.root()));
             }

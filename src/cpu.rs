@@ -231,9 +231,10 @@ mod thread {
 /// Deterministic CPUs for tests: each thread (or loom thread) runs "on" whatever CPU the test
 /// sets with [`TestCpus::run_on`]; outside it, on none.
 ///
-/// The exclusivity of the [`CpuProvider`] contract is the test's responsibility: two threads
-/// must not `run_on` the same CPU at the same time (a loom model may do so deliberately to
-/// show what the stock's re-entrancy detection does).
+/// The exclusivity of the [`CpuProvider`] contract is the caller's obligation, which is why
+/// [`TestCpus::run_on`] is an `unsafe fn`: two threads that run on the same CPU at the same
+/// time share its stock slot, and the stock's reference ownership breaks (counts wrap,
+/// counters drift). Safe code cannot impersonate a CPU.
 #[cfg(any(feature = "std", loom))]
 #[derive(Clone, Copy, Debug)]
 pub struct TestCpus {
@@ -256,7 +257,29 @@ impl TestCpus {
     }
 
     /// Runs `f` with this thread impersonating `cpu` (nesting restores the outer CPU).
-    pub fn run_on<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
+    ///
+    /// # Safety
+    ///
+    /// While `f` runs, no other thread may run chargetree code "on" `cpu` of any `TestCpus`
+    /// used by the same tree (that is, inside another `run_on(cpu, ..)`): the
+    /// [`CpuProvider`] contract's exclusivity. Nesting on the same thread is allowed, as
+    /// is running on distinct CPUs from distinct threads.
+    ///
+    /// ```
+    /// use chargetree::cpu::TestCpus;
+    /// use chargetree::group::{Tree, TreeConfig};
+    ///
+    /// let tree = Tree::with_config(TreeConfig::with_cpus(TestCpus::new(2)));
+    /// let root = tree.root();
+    /// std::thread::scope(|s| {
+    ///     for cpu in 0..2 {
+    ///         let root = &root;
+    ///         // SAFETY: each thread runs on a CPU of its own.
+    ///         s.spawn(move || unsafe { TestCpus::run_on(cpu, || root.try_charge(1).unwrap()) });
+    ///     }
+    /// });
+    /// ```
+    pub unsafe fn run_on<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
         struct Restore(Option<usize>);
         impl Drop for Restore {
             fn drop(&mut self) {
@@ -269,8 +292,8 @@ impl TestCpus {
     }
 }
 
-// SAFETY: (1) `count` is fixed. (2) out-of-range impersonations map to `None`. (3) is the
-// documented obligation of the tests that use it.
+// SAFETY: (1) `count` is fixed. (2) out-of-range impersonations map to `None`. (3) an index is
+// handed out only inside `run_on`, an `unsafe fn` whose caller promises exclusivity.
 #[cfg(any(feature = "std", loom))]
 unsafe impl CpuProvider for TestCpus {
     #[inline]

@@ -54,7 +54,9 @@ const NO_CPU: usize = usize::MAX;
 
 /// Runs `f` on impersonated CPU `cpu`.
 fn on<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
-    TestCpus::run_on(cpu, f)
+    // SAFETY: the tests here never run two threads on one impersonated CPU at once (each
+    // thread of a threaded test is given a CPU of its own).
+    unsafe { TestCpus::run_on(cpu, f) }
 }
 
 /// Charges `n` to `g` on CPU `cpu`; the charge must succeed (an over-`high` report is

@@ -116,15 +116,18 @@ fn byte_charge_rounding_up_past_usize_max() {
     let tree = Tree::with_config(TreeConfig::with_cpus(TestCpus::new(1)).unit_bytes(unit));
     let g = tree.root().create_child(GroupSpec::new()).unwrap();
     let o = g.obj_group().unwrap();
-    TestCpus::run_on(0, || {
-        // usize::MAX bytes are 2^48 units of 2^16 bytes (far below COUNTER_MAX), one byte
-        // of the last unit unused.
-        let _ = o.charge_bytes(usize::MAX).unwrap();
-        let units = usize::MAX / unit + 1;
-        assert_eq!(g.counter().usage() - g.cached_units(), units);
-        assert_eq!(o.cached_bytes() + o.parked_bytes(), 1);
-        o.uncharge_bytes(usize::MAX);
-    });
+    // SAFETY: one thread, one CPU.
+    unsafe {
+        TestCpus::run_on(0, || {
+            // usize::MAX bytes are 2^48 units of 2^16 bytes (far below COUNTER_MAX), one byte
+            // of the last unit unused.
+            let _ = o.charge_bytes(usize::MAX).unwrap();
+            let units = usize::MAX / unit + 1;
+            assert_eq!(g.counter().usage() - g.cached_units(), units);
+            assert_eq!(o.cached_bytes() + o.parked_bytes(), 1);
+            o.uncharge_bytes(usize::MAX);
+        })
+    };
     let _ = tree.drain_all(&tree.root());
     assert_eq!(g.counter().usage(), 0);
     assert_eq!(tree.stats().stray_bytes, 0);

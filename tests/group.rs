@@ -126,6 +126,13 @@ impl Observer for Obs {
 }
 
 /// A tree with four impersonated CPUs and a logging observer.
+/// Runs `f` on impersonated CPU `cpu`.
+fn on<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
+    // SAFETY: the tests here never run two threads on one impersonated CPU at once (each
+    // thread of a threaded test is given a CPU of its own).
+    unsafe { TestCpus::run_on(cpu, f) }
+}
+
 fn test_tree() -> (Tree<TestCpus>, Arc<Log>) {
     let log = Arc::new(Log::default());
     let config = TreeConfig::with_cpus(TestCpus::new(4)).observer(Obs(log.clone()));
@@ -901,7 +908,7 @@ fn clone_drop_across_threads<P: CpuProvider>(tree: Tree<P>, log: Arc<Log>, imper
     let g = child(&tree.root(), "shared");
     let id = g.id();
     let run = |cpu: usize, f: &mut dyn FnMut()| {
-        if impersonate { TestCpus::run_on(cpu, f) } else { f() }
+        if impersonate { on(cpu, f) } else { f() }
     };
 
     // Phase 1 (online): each thread clones `per_thread` handles.
@@ -1001,22 +1008,22 @@ fn clone_and_drop_across_threads_with_thread_cpus() {
 fn ref_counts_are_exact_on_each_impersonated_cpu() {
     let (tree, _log) = test_tree();
     let root = tree.root();
-    let g = TestCpus::run_on(0, || child(&root, "g"));
+    let g = on(0, || child(&root, "g"));
     assert_eq!(g.ref_count(), 2, "base + handle");
     // A handle cloned on CPU 1 and dropped on CPU 3 leaves +1 / -1 in two shards.
-    let h = TestCpus::run_on(1, || g.clone());
-    let h2 = TestCpus::run_on(2, || g.clone());
+    let h = on(1, || g.clone());
+    let h2 = on(2, || g.clone());
     assert_eq!(g.ref_count(), 4);
-    TestCpus::run_on(3, || drop(h));
+    on(3, || drop(h));
     assert_eq!(g.ref_count(), 3);
     // The parent counts one reference for the child (plus the base and `root`).
     assert_eq!(root.ref_count(), 3);
-    TestCpus::run_on(3, || g.offline()).unwrap();
+    on(3, || g.offline()).unwrap();
     assert_eq!(g.ref_count(), 2);
-    TestCpus::run_on(0, || drop(h2));
+    on(0, || drop(h2));
     assert_eq!(g.ref_count(), 1);
     // Out-of-range CPUs fall back to shard 0.
-    let h3 = TestCpus::run_on(17, || g.clone());
+    let h3 = on(17, || g.clone());
     assert_eq!(g.ref_count(), 2);
     drop(h3);
     assert_eq!(g.ref_count(), 1);
@@ -1182,7 +1189,7 @@ fn get_vs_concurrent_replace<P: CpuProvider>(tree: Tree<P>, log: Arc<Log>, imper
     let cell = OwnerCell::new(first);
     let done = AtomicBool::new(false);
     let run = |cpu: usize, f: &mut dyn FnMut()| {
-        if impersonate { TestCpus::run_on(cpu, f) } else { f() }
+        if impersonate { on(cpu, f) } else { f() }
     };
     thread::scope(|s| {
         s.spawn(|| {
@@ -1418,7 +1425,7 @@ fn move_vs_offline<P: CpuProvider>(tree: Tree<P>, log: Arc<Log>, impersonate: bo
     let lookup = OwnerCell::new(f);
     let progress = AtomicUsize::new(0);
     let run = |cpu: usize, f: &mut dyn FnMut()| {
-        if impersonate { TestCpus::run_on(cpu, f) } else { f() }
+        if impersonate { on(cpu, f) } else { f() }
     };
 
     let objs: Objs<P> = thread::scope(|s| {
@@ -1848,7 +1855,7 @@ fn stress<P: CpuProvider>(tree: Tree<P>, log: Arc<Log>, impersonate: bool) {
                         flush_thread(tree);
                     };
                     if impersonate {
-                        TestCpus::run_on(t, body)
+                        on(t, body)
                     } else {
                         body()
                     }

@@ -64,7 +64,9 @@ const UNIT: usize = 100;
 
 /// Runs `f` on impersonated CPU `cpu`.
 fn on<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
-    TestCpus::run_on(cpu, f)
+    // SAFETY: the tests here never run two threads on one impersonated CPU at once (each
+    // thread of a threaded test is given a CPU of its own).
+    unsafe { TestCpus::run_on(cpu, f) }
 }
 
 /// Charges `n` bytes through `o` on CPU `cpu`; the charge must succeed.
@@ -243,7 +245,7 @@ fn byte_charges_round_up_to_units_and_park_the_remainder() {
     let (tree, _) = tree_on(2, 100);
     let g = tree.root().create_child(GroupSpec::new()).unwrap();
     let o = g.obj_group().unwrap();
-    TestCpus::run_on(0, || {
+    on(0, || {
         // 30 bytes: one unit charged (batch refills the unit stock), 70 bytes stocked.
         let _ = o.charge_bytes(30).unwrap();
         assert_eq!(o.cached_bytes(), 70);
@@ -286,7 +288,7 @@ fn removed_group_is_freed_while_objects_live_and_ancestors_return_to_zero() {
         x ^= x >> 7;
         x ^= x << 17;
         let size = [8, 24, 64, 100, 512, 3000, 4096, 9000][(x % 8) as usize];
-        TestCpus::run_on(i % 2, || {
+        on(i % 2, || {
             let _ = objgroup.charge_bytes(size).unwrap();
         });
         objects.push((size, objgroup.clone())); // each object holds a reference
@@ -304,7 +306,7 @@ fn removed_group_is_freed_while_objects_live_and_ancestors_return_to_zero() {
     // The objects are freed, uncharging through the reparented ObjGroup (now the tenant's).
     for (i, (size, o)) in objects.into_iter().enumerate() {
         assert!(o.group().ptr_eq(&tenant), "reparented to the parent");
-        TestCpus::run_on(i % 2, || o.uncharge_bytes(size));
+        on(i % 2, || o.uncharge_bytes(size));
     }
     tree.drain_all(&tree.root()).unwrap();
     tree.reclaim();
@@ -321,7 +323,7 @@ fn reparenting_moves_inherited_objgroups_up_in_one_step() {
     let c = b.create_child(GroupSpec::new()).unwrap();
     let oc = c.obj_group().unwrap();
     let ob = b.obj_group().unwrap();
-    TestCpus::run_on(0, || {
+    on(0, || {
         let _ = oc.charge_bytes(100).unwrap();
         let _ = ob.charge_bytes(10).unwrap();
     });
@@ -334,7 +336,7 @@ fn reparenting_moves_inherited_objgroups_up_in_one_step() {
     drop((b, c));
     tree.reclaim();
     assert_eq!((log.freed(bid), log.freed(cid)), (1, 1), "both removed groups are freed");
-    TestCpus::run_on(0, || {
+    on(0, || {
         oc.uncharge_bytes(100);
         ob.uncharge_bytes(10);
     });
@@ -361,7 +363,7 @@ fn byte_charges_respect_limits_and_name_the_failing_group() {
     let (tree, _) = tree_on(1, 100);
     let g = tree.root().create_child(GroupSpec::new().max(3)).unwrap();
     let o = g.obj_group().unwrap();
-    TestCpus::run_on(0, || {
+    on(0, || {
         let _ = o.charge_bytes(250).unwrap(); // 3 units
         let err = o.charge_bytes(100).unwrap_err();
         assert!(
@@ -2008,7 +2010,7 @@ fn sibling_objgroups_under_concurrent_offline_balance_on_test_cpus() {
         TreeConfig::with_cpus(TestCpus::new(workers)),
         workers,
         |cpu, f| {
-            TestCpus::run_on(cpu, f);
+            on(cpu, f);
         },
     );
 }

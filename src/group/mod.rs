@@ -248,9 +248,27 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     }
 
     /// The group's counter: charge, uncharge, limits, protection, peaks.
+    ///
+    /// Borrowed from this handle, and so are the counters reached from it
+    /// ([`Counter::parent`], [`ChargeError::Limit`](crate::counter::ChargeError::Limit)'s
+    /// `at`): the handle's reference keeps the group's node and, through it, every ancestor
+    /// alive, and nothing else is guaranteed to. Clone the handle (or take
+    /// [`Group::parent`]) to keep a group beyond this borrow.
+    ///
+    /// ```compile_fail
+    /// use chargetree::group::{GroupSpec, Tree};
+    ///
+    /// let tree = Tree::new();
+    /// let escaped = {
+    ///     let child = tree.root().create_child(GroupSpec::new()).unwrap();
+    ///     child.counter().parent().unwrap() // error: `child` does not live long enough
+    /// };
+    /// drop(tree);
+    /// let _ = escaped.usage();
+    /// ```
     #[inline]
     #[must_use]
-    pub fn counter(&self) -> &Counter<'static> {
+    pub fn counter(&self) -> &Counter<'_> {
         &self.node().counter
     }
 
@@ -584,9 +602,11 @@ impl<'g, P: CpuProvider, const K: usize> GroupRef<'g, P, K> {
         unsafe { &*self.node.as_ptr() }
     }
 
-    /// The group's counter (readable even if the group was released meanwhile).
+    /// The group's counter (readable even if the group was released meanwhile), borrowed
+    /// for the guard's lifetime like the `GroupRef` itself: the node and its ancestors are
+    /// not freed before the guard is dropped.
     #[must_use]
-    pub fn counter(&self) -> &'g Counter<'static> {
+    pub fn counter(&self) -> &'g Counter<'g> {
         &self.node().counter
     }
 

@@ -60,14 +60,14 @@ fn reparent_vs_concurrent_byte_uncharge() {
         releases.target.store(child.id().0, Ordering::Relaxed);
         let o = child.obj_group().unwrap();
         // 25 bytes: 3 units charged, 5 bytes left in CPU 0's object stock.
-        let _ = TestCpus::run_on(0, || o.charge_bytes(25).unwrap());
+        let _ = on(0, || o.charge_bytes(25).unwrap());
         assert_eq!(parent.counter().usage(), 3);
 
         let o2 = o.clone();
         let t = thread::spawn(move || {
             // Uncharging 25 with 5 cached: 30 bytes = 3 whole units go back to whichever
             // group owns the ObjGroup at that moment.
-            TestCpus::run_on(0, || o2.uncharge_bytes(25));
+            on(0, || o2.uncharge_bytes(25));
         });
         child.offline().unwrap();
         drop(child); // the ObjGroup's reference, moved to the parent, was the last other one
@@ -90,7 +90,7 @@ fn obj_stock_drain_vs_objgroup_release() {
         let tree = Arc::new(tree());
         let g = tree.root().create_child(GroupSpec::new()).unwrap();
         let o = g.obj_group().unwrap();
-        TestCpus::run_on(0, || {
+        on(0, || {
             let _ = o.charge_bytes(4).unwrap(); // 1 unit; 6 bytes cached on CPU 0
             o.uncharge_bytes(4); // back into the stock: 10 bytes cached, none handed out
         });
@@ -129,7 +129,7 @@ fn object_reference_spares_vs_remote_drain() {
         let drainer = thread::spawn(move || {
             let _ = t2.drain_all(&root);
         });
-        TestCpus::run_on(0, || {
+        on(0, || {
             // 3 bytes each, units of 10: a miss (one unit, 7 bytes cached), then two hits,
             // each taking a batch of spares; giving the three back keeps two spares and puts
             // the third (above 2 × OBJ_REF_BATCH).

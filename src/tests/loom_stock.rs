@@ -33,12 +33,12 @@ fn consume_vs_remote_drain() {
         let tree = Arc::new(small_tree(Nothing));
         let g: Group<TestCpus, 2> = tree.root().create_child(GroupSpec::new()).unwrap();
         // Charge 1 on CPU 0: a batch of 4 goes to the counters, 3 stay cached.
-        let _ = TestCpus::run_on(0, || g.try_charge(1).unwrap());
+        let _ = on(0, || g.try_charge(1).unwrap());
         assert_eq!((g.counter().usage(), g.cached_units()), (4, 3));
 
         let (t2, g2) = (tree.clone(), g.clone());
         let drainer = thread::spawn(move || t2.drain_all(&g2));
-        let held = TestCpus::run_on(0, || {
+        let held = on(0, || {
             let _ = g.try_charge(1).unwrap(); // from the stock, or from the counters
             g.uncharge(1); // into the stock, or to the counters
             1 // the first charge is still held
@@ -52,7 +52,7 @@ fn consume_vs_remote_drain() {
             "usage = objects + cached units (none lost, none counted twice)"
         );
         assert!(g.cached_units() <= 4, "S3: at most a batch cached");
-        TestCpus::run_on(0, || g.uncharge(1));
+        on(0, || g.uncharge(1));
         let _ = tree.drain_all(&g);
         assert_eq!(g.counter().usage(), 0);
         assert_eq!(tree.root().counter().usage(), 0);
@@ -71,13 +71,13 @@ fn refill_vs_drain_all() {
         let b = tree.root().create_child(GroupSpec::new()).unwrap();
         let c = tree.root().create_child(GroupSpec::new()).unwrap();
         // Fill CPU 0's two entries (a, b), so that charging c evicts one.
-        TestCpus::run_on(0, || {
+        on(0, || {
             let _ = a.try_charge(1).unwrap();
             let _ = b.try_charge(1).unwrap();
         });
         let (t2, root) = (tree.clone(), tree.root());
         let drainer = thread::spawn(move || t2.drain_all(&root));
-        TestCpus::run_on(0, || {
+        on(0, || {
             let _ = c.try_charge(1).unwrap();
         });
         drainer.join().unwrap();
@@ -85,7 +85,7 @@ fn refill_vs_drain_all() {
         for (g, held) in [(&a, 1), (&b, 1), (&c, 1)] {
             assert_eq!(g.counter().usage(), held + g.cached_units());
         }
-        TestCpus::run_on(0, || {
+        on(0, || {
             for g in [&a, &b, &c] {
                 g.uncharge(1);
             }
@@ -125,7 +125,7 @@ fn last_put_vs_stock_cached_reference() {
         let tree = Arc::new(small_tree(CountReleases(releases.clone())));
         let g: Group<TestCpus, 2> = tree.root().create_child(GroupSpec::new()).unwrap();
         releases.target.store(g.id().0, Ordering::Relaxed);
-        TestCpus::run_on(1, || {
+        on(1, || {
             let _ = g.try_charge(1).unwrap(); // CPU 1's stock now caches g (one reference)
             g.uncharge(1);
         });
@@ -168,7 +168,7 @@ fn close_vs_refill() {
                 crate::sync::spin_loop();
             }
         });
-        TestCpus::run_on(0, || {
+        on(0, || {
             let _ = g.try_charge(1).unwrap(); // a miss: charges a batch, then refills
         });
         closer.join().unwrap();
@@ -176,7 +176,7 @@ fn close_vs_refill() {
         assert_eq!(g.cached_units(), 0, "nothing cached after close + drain");
         assert_eq!(g.ref_count(), 2, "the handle and the base reference only");
         assert_eq!(g.counter().usage(), 1, "exactly the charge that is held");
-        TestCpus::run_on(0, || g.uncharge(1));
+        on(0, || g.uncharge(1));
         assert_eq!(tree.root().counter().usage(), 0);
     });
 }

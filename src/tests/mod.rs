@@ -17,6 +17,16 @@ use alloc::vec::Vec;
 
 use crate::counter::Counter;
 
+/// Runs `f` with this (loom) thread on impersonated CPU `cpu`.
+#[cfg(loom)]
+#[cfg_attr(not(all(crossbeam_loom, feature = "alloc")), allow(dead_code))]
+pub(crate) fn on<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
+    // SAFETY: the models never have two threads inside `on` with the same CPU at the same
+    // time: each concurrent section names at most one thread per CPU (drainers and
+    // reclaimers run on none).
+    unsafe { crate::cpu::TestCpus::run_on(cpu, f) }
+}
+
 /// A tree of heap-allocated counters with `'static` parent references, freed children-first
 /// when dropped. Tests only: it lets random tree shapes be built without self-references.
 pub(crate) struct Forest {
