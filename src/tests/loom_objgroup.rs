@@ -6,6 +6,7 @@ use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
 
+use super::on;
 use crate::cpu::TestCpus;
 use crate::group::{GroupId, GroupSpec, Observer, Tree, TreeConfig};
 
