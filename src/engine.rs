@@ -16,7 +16,8 @@
 //! 6. Else retry up to the tree's retry budget (default 16), each round reclaiming again.
 //! 7. Then fail with [`ChargeFailure::Limit`] naming `over`, its limit and its usage, and
 //!    raise its [`Event::Oom`]; or, for a no-fail charge, force exactly `n` past the limit
-//!    (counted in [`TreeStats::forced`](crate::group::TreeStats::forced)).
+//!    (counted in [`TreeStats::forced`](crate::group::TreeStats::forced)). The events are
+//!    listed below.
 //!
 //! [`ChargeOptions::no_reclaim`] skips steps 4–6 (for contexts that cannot block);
 //! [`ChargeOptions::no_retry`] skips step 6 (one reclaim, one drain, the reclaim after the
@@ -24,11 +25,23 @@
 //!
 //! # Over `high`
 //!
-//! A charge that walked the counters and left a group above its `high` succeeds and reports
-//! the lowest such group and its excess in [`Charged::over_high`], raising that group's
-//! [`Event::High`], so an allocator can throttle or reclaim (Linux defers this to the return
-//! to user space; a library tells its caller). Stock hits are not checked, as in Linux: the
-//! units they hand out were counted when the batch was charged.
+//! A charge that walked the counters and left groups above their `high` succeeds, raises
+//! [`Event::High`] on each of them (Linux's `reclaim_high` walks every over-high ancestor)
+//! and reports the lowest one and its excess in [`Charged::over_high`], so an allocator can
+//! throttle or reclaim (Linux defers this to the return to user space; a library tells its
+//! caller). Stock hits are not checked, as in Linux: the units they hand out were counted
+//! when the batch was charged.
+//!
+//! # Events of a failing charge
+//!
+//! As in Linux's `try_charge_memcg`: a charge that may reclaim raises [`Event::Max`] on the
+//! refusing group once, before its first reclaim, and [`Event::Oom`] when it gives up (also
+//! when it then forces a no-fail charge). A charge that may not reclaim
+//! ([`ChargeOptions::no_reclaim`], Linux's non-blocking allocation) raises nothing when it
+//! fails; forced ([`ChargeOptions::no_fail`] too), it raises only `max`. One deviation:
+//! Linux skips the OOM path, hence `oom`, for `__GFP_RETRY_MAYFAIL`; a
+//! [`ChargeOptions::no_retry`] charge still raises `oom` when it fails, so that every
+//! failure that tried to reclaim is counted.
 //!
 //! # Panicking reclaimers
 //!
@@ -244,7 +257,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     #[inline(never)]
     fn charge_slow(
         &self,
-        cpu: Option<usize>,
+        mut cpu: Option<usize>,
         n: usize,
         options: ChargeOptions,
     ) -> Result<Charged, ChargeFailure> {
@@ -280,7 +293,12 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
                     }
                     return Ok(Charged { over_high: self.check_high(), forced: false });
                 }
-                Err(ChargeError::TooLarge { .. }) => return Err(ChargeFailure::TooLarge { requested: n }),
+                // A batch that cannot be charged (refused, or not representable) falls back to
+                // the exact amount below; only the exact amount itself can be too large.
+                Err(ChargeError::TooLarge { .. }) if batch == n => {
+                    return Err(ChargeFailure::TooLarge { requested: n });
+                }
+                Err(ChargeError::TooLarge { .. }) => 0,
                 Err(ChargeError::Limit { level, .. }) => level,
             };
             if batch > n {
@@ -311,7 +329,11 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
                     // SAFETY: `over_ptr` is the stored parent pointer of a node this handle
                     // keeps referenced.
                     let over_group = unsafe { Node::handle(over_ptr) };
-                    r.reclaim(&over_group, n)
+                    let freed = r.reclaim(&over_group, n);
+                    // The hook may have moved this context to another CPU (an embedder's
+                    // provider is free to): ask again before touching a stock.
+                    cpu = tree.cpus.current();
+                    freed
                 }
                 None => 0,
             };
@@ -325,8 +347,11 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
                 }
             } else if !drained {
                 drained = true;
-                // A drain under way elsewhere returns `None`: it is draining for us too.
+                // A drain under way elsewhere returns `None`; this charge does not wait for
+                // it (it may drain another subtree, and CPUs inside a stock operation are
+                // skipped by any drain): the retries below give it time to finish.
                 let _ = stocks.drain_all(|g| g.is_descendant_of(over));
+                cpu = tree.cpus.current();
                 continue;
             }
             if options.no_retry || retries == 0 {
@@ -336,16 +361,24 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
             let _ = progress;
         };
         if options.no_fail {
+            // Linux's `force:` label: a forced charge always raises `max` (once).
             if !max_raised {
                 over.raise(Event::Max);
             }
-            // Linux raises `oom` before it resorts to forcing; so do we.
-            over.raise(Event::Oom);
+            // A charge that was allowed to reclaim raises `oom` before it resorts to forcing
+            // (Linux's OOM path runs first); a non-blocking one never got that far.
+            if !options.no_reclaim {
+                over.raise(Event::Oom);
+            }
             node.counter.charge(n).map_err(|_| ChargeFailure::Overflow { requested: n })?;
             tree.note_forced();
             return Ok(Charged { over_high: self.check_high(), forced: true });
         }
-        over.raise(Event::Oom);
+        // A charge that may not reclaim fails silently, as Linux's non-blocking charges jump
+        // to `nomem` before they raise any event.
+        if !options.no_reclaim {
+            over.raise(Event::Oom);
+        }
         Err(ChargeFailure::Limit {
             group: over.id,
             max: over.counter.max(),
@@ -354,18 +387,20 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
         })
     }
 
-    /// The lowest group on the path above its `high`, raising its [`Event::High`].
+    /// Raises [`Event::High`] on every group of the path that is above its `high` (Linux's
+    /// `reclaim_high` walks every over-high ancestor) and reports the lowest of them.
     fn check_high(&self) -> Option<OverHigh> {
+        let mut lowest = None;
         let mut n = Some(self.node());
         while let Some(x) = n {
             let (usage, high) = (x.counter.usage(), x.counter.high());
             if usage > high {
                 x.raise(Event::High);
-                return Some(OverHigh { group: x.id, usage, high });
+                lowest.get_or_insert(OverHigh { group: x.id, usage, high });
             }
             n = x.parent();
         }
-        None
+        lowest
     }
 
     /// Sets the hard limit. If units cached in stocks keep the usage above `limit`, drains

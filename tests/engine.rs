@@ -663,8 +663,8 @@ fn a_forced_charge_raises_oom_as_documented() {
 }
 
 /// `no_reclaim`: the reclaimer is never called and nothing is drained (another CPU's entry
-/// survives the failure); `Event::Max` is not raised (Linux's non-blocking path fails before
-/// step 8), `Event::Oom` is (engine step 7).
+/// survives the failure), and no event is raised at all: Linux's non-blocking charges jump
+/// to `nomem` before `MEMCG_MAX`, and never reach the OOM path.
 #[test]
 fn no_reclaim_neither_reclaims_nor_drains() {
     let (tree, log, calls) = recording_tree(DEFAULT_BATCH, DEFAULT_RETRIES);
@@ -675,7 +675,7 @@ fn no_reclaim_neither_reclaims_nor_drains() {
     assert_eq!(err, ChargeFailure::Limit { group: g.id(), max: 64, usage: 64, requested: 10 });
     assert_eq!(calls.len(), 0);
     assert_eq!(uc(&g), (64, 63), "not drained");
-    assert_eq!(g.events_local(), events(0, 1));
+    assert_eq!(g.events_local(), events(0, 0), "a non-blocking failure raises nothing");
     // A charge that fits with no_reclaim is an ordinary charge (here: a stock hit).
     assert_eq!(on(1, || g.charge_with(3, opts)), Ok(Charged::default()));
     // The default options drain and succeed.
@@ -1003,7 +1003,8 @@ fn set_max_drains_stocks_and_is_busy_only_when_objects_hold_the_usage() {
 
 /// §2.2 done_restock, library-shaped: a charge that walked the counters and left a group
 /// above its `high` succeeds and names the lowest such group with its usage, `high` and
-/// excess, raising that group's `Event::High` (not its ancestors' local counts).
+/// excess, raising `Event::High` on every group of the path that is over (Linux's
+/// `reclaim_high` walks all of them).
 #[test]
 fn over_high_is_reported_with_the_lowest_over_high_group() {
     let (tree, log) = test_tree();
@@ -1023,10 +1024,10 @@ fn over_high_is_reported_with_the_lowest_over_high_group() {
     assert_eq!(c.over_high, Some(OverHigh { group: q.id(), usage: 64, high: 30 }));
     assert_eq!((q.events_local().high, h.events_local().high), (1, 0));
 
-    // Both: the lowest wins.
+    // Both: the lowest is named, both raise the event.
     let c = on(1, || g.try_charge(40)).unwrap();
     assert_eq!(c.over_high.map(|o| o.group), Some(g.id()));
-    assert_eq!((g.events_local().high, p.events_local().high), (2, 0));
+    assert_eq!((g.events_local().high, p.events_local().high), (2, 1));
 
     on(0, || g.uncharge(100));
     on(1, || h.uncharge(20));
@@ -1675,4 +1676,80 @@ fn two_threads_at_the_limit_with_a_reclaim_hook_stay_balanced() {
     assert_eq!(g.ref_count(), 2, "no stock entry left");
     drop((g, p, root));
     finish(tree, log);
+}
+
+/// The trust review's case: parent `high` 10, child `high` 20, the child charges 30 (stocks
+/// off, so the counters see exactly 30): both are over, both raise `high`, once each.
+#[test]
+fn every_over_high_level_raises_its_own_high_event() {
+    let tree = Tree::with_config(TreeConfig::with_cpus(TestCpus::new(1)).batch(0));
+    let parent = tree.root().create_child(GroupSpec::new().high(10)).unwrap();
+    let child = parent.create_child(GroupSpec::new().high(20)).unwrap();
+    let c = child.try_charge(30).unwrap();
+    assert_eq!(c.over_high, Some(OverHigh { group: child.id(), usage: 30, high: 20 }));
+    assert_eq!((child.events_local().high, parent.events_local().high), (1, 1));
+    assert_eq!((parent.events().high, tree.root().events().high), (2, 2));
+    child.uncharge(30);
+}
+
+/// A forced non-blocking charge raises only `max` (Linux's `force:` label), a forced
+/// blocking one `max` and `oom`, a failing blocking one `max` and `oom`.
+#[test]
+fn events_of_failing_and_forced_charges_follow_linux() {
+    let tree = Tree::with_config(TreeConfig::with_cpus(TestCpus::new(1)).batch(0));
+    let g = tree.root().create_child(GroupSpec::new().max(10)).unwrap();
+    g.try_charge(10).unwrap();
+    let forced = g.charge_with(1, ChargeOptions::DEFAULT.no_reclaim().no_fail()).unwrap();
+    assert!(forced.forced);
+    assert_eq!(g.events_local(), EventCounts { max: 1, ..EventCounts::default() });
+    assert!(g.charge_with(1, ChargeOptions::DEFAULT.no_reclaim()).is_err());
+    assert_eq!(g.events_local(), EventCounts { max: 1, ..EventCounts::default() });
+    assert!(g.charge_with(1, ChargeOptions::DEFAULT.no_retry()).is_err());
+    assert_eq!(g.events_local(), EventCounts { max: 2, oom: 1, ..EventCounts::default() });
+    assert!(g.charge_with(1, ChargeOptions::DEFAULT.no_fail()).unwrap().forced);
+    assert_eq!(g.events_local(), EventCounts { max: 3, oom: 2, ..EventCounts::default() });
+    g.uncharge(12);
+}
+
+/// A batch that cannot be charged falls back to the exact amount: even a batch far above
+/// what any counter can hold (clamped by the configuration) never turns a small charge into
+/// `TooLarge`.
+#[test]
+fn a_huge_batch_falls_back_to_the_exact_amount() {
+    let tree = Tree::with_config(TreeConfig::with_cpus(TestCpus::new(1)).batch(usize::MAX));
+    let g = tree.root().create_child(GroupSpec::new().max(100)).unwrap();
+    on(0, || {
+        assert!(g.try_charge(1).is_ok());
+        assert_eq!(g.counter().usage() - g.cached_units(), 1);
+        g.uncharge(1);
+    });
+    let _ = tree.drain_all(&tree.root());
+    assert_eq!(tree.root().counter().usage(), 0);
+}
+
+/// Every configuration value is clamped to a documented bound rather than breaking the tree
+/// later: absurd batch, shard and retry counts build a working tree.
+#[test]
+fn absurd_configuration_values_are_clamped() {
+    use chargetree::stock::MAX_BATCH;
+    let config = TreeConfig::with_cpus(TestCpus::new(2))
+        .batch(usize::MAX)
+        .refcount_shards(usize::MAX)
+        .max_retries(usize::MAX)
+        .unit_bytes(usize::MAX);
+    let tree = Tree::with_config(config);
+    let g = tree.root().create_child(GroupSpec::new().max(MAX_BATCH * 4)).unwrap();
+    on(0, || {
+        let _ = g.try_charge(1).unwrap();
+        assert_eq!(g.counter().usage(), MAX_BATCH, "one batch, clamped");
+        g.uncharge(1);
+    });
+    let clone = g.clone();
+    assert_eq!(g.ref_count(), 4, "two handles, the base reference and the stock entry");
+    drop(clone);
+    let _ = tree.drain_all(&tree.root());
+    assert_eq!(tree.root().counter().usage(), 0);
+    // Shards: zero is one shard, not a panic.
+    let tree = Tree::with_config(TreeConfig::with_cpus(TestCpus::new(2)).refcount_shards(0));
+    assert_eq!(tree.root().ref_count(), 2);
 }

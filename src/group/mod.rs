@@ -52,7 +52,7 @@ pub use crate::engine::{
 };
 pub use events::{Event, EventCounts};
 pub use owner::{MoveError, OwnerCell};
-pub use tree::{Observer, Tree, TreeConfig, TreeStats};
+pub use tree::{MAX_REFCOUNT_SHARDS, MAX_RETRIES, Observer, Tree, TreeConfig, TreeStats};
 
 use core::fmt;
 use core::marker::PhantomData;

@@ -45,6 +45,12 @@ pub trait Observer: Send + Sync {
     }
 }
 
+/// The largest [`TreeConfig::refcount_shards`] value; larger ones are clamped to it.
+pub const MAX_REFCOUNT_SHARDS: usize = 64;
+
+/// The largest [`TreeConfig::max_retries`] value; larger ones are clamped to it.
+pub const MAX_RETRIES: usize = 1 << 16;
+
 /// How a [`Tree`] is built.
 pub struct TreeConfig<P: CpuProvider = DefaultCpus, const K: usize = STOCK_SLOTS> {
     cpus: P,
@@ -101,10 +107,10 @@ impl<P: CpuProvider, const K: usize> TreeConfig<P, K> {
 
     /// Spreads each group's reference count over `shards` per-CPU shards (rounded up to a
     /// power of two). Each shard costs one cache line per group. Default:
-    /// `min(cpus.count(), 16)`, at least 1.
+    /// `min(cpus.count(), 16)`. Clamped to `1..=`[`MAX_REFCOUNT_SHARDS`].
     #[must_use]
     pub fn refcount_shards(mut self, shards: usize) -> Self {
-        self.refcount_shards = Some(shards);
+        self.refcount_shards = Some(shards.clamp(1, MAX_REFCOUNT_SHARDS));
         self
     }
 
@@ -126,18 +132,20 @@ impl<P: CpuProvider, const K: usize> TreeConfig<P, K> {
     /// `MEMCG_CHARGE_BATCH`, default [`DEFAULT_BATCH`]). 0 disables the stocks. Stocked units
     /// are charged but unused, so a group's usage may exceed what its objects hold by up to
     /// `batch × CPUs`; they are returned by drains (which the charge path runs before
-    /// failing).
+    /// failing). Clamped to [`MAX_BATCH`](crate::stock::MAX_BATCH); a batch that a limit
+    /// refuses is never a reason to refuse a charge (the engine retries with the exact amount).
     #[must_use]
     pub fn batch(mut self, batch: usize) -> Self {
-        self.batch = batch;
+        self.batch = batch.min(crate::stock::MAX_BATCH);
         self
     }
 
     /// How many times the charge engine retries after reclaim before failing (Linux's
-    /// `MAX_RECLAIM_RETRIES`, default 16).
+    /// `MAX_RECLAIM_RETRIES`, default 16). Clamped to [`MAX_RETRIES`], so that a reclaimer
+    /// that never makes progress cannot keep a charge looping for ever.
     #[must_use]
     pub fn max_retries(mut self, retries: usize) -> Self {
-        self.max_retries = retries;
+        self.max_retries = retries.min(MAX_RETRIES);
         self
     }
 

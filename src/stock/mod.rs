@@ -80,6 +80,10 @@ pub const STOCK_SLOTS: usize = 8;
 /// Linux's `MEMCG_CHARGE_BATCH` since v6.1: how many units one counter walk pre-charges.
 pub const DEFAULT_BATCH: usize = 64;
 
+/// The largest batch a tree accepts ([`TreeConfig::batch`](crate::group::TreeConfig::batch)
+/// clamps to it): 2^16 units cached per CPU and group at most.
+pub const MAX_BATCH: usize = 1 << 16;
+
 /// How many references on its `ObjGroup` a CPU's object stock takes at once to hand out with
 /// [`ObjGroup::charge_object`](crate::objgroup::ObjGroup::charge_object) (one atomic
 /// read-modify-write per batch instead of one per object). Objects' references given back
