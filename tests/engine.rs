@@ -1698,7 +1698,7 @@ fn every_over_high_level_raises_its_own_high_event() {
 fn events_of_failing_and_forced_charges_follow_linux() {
     let tree = Tree::with_config(TreeConfig::with_cpus(TestCpus::new(1)).batch(0));
     let g = tree.root().create_child(GroupSpec::new().max(10)).unwrap();
-    g.try_charge(10).unwrap();
+    let _ = g.try_charge(10).unwrap();
     let forced = g.charge_with(1, ChargeOptions::DEFAULT.no_reclaim().no_fail()).unwrap();
     assert!(forced.forced);
     assert_eq!(g.events_local(), EventCounts { max: 1, ..EventCounts::default() });
