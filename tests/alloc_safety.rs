@@ -221,3 +221,58 @@ fn object_charges_and_their_references_never_allocate() {
     let _ = tree.drain_all(&tree.root());
     assert_eq!(tree.root().counter().usage(), 0);
 }
+
+/// The same rule once the `Tree` handle is gone (the dropped-tree state): the last object's
+/// reference, the last `ObjGroup` handle, an owner cell's last reference and the last
+/// `Group` handle, dropped inside the window, neither allocate nor free (nor pin, lock or
+/// drop the observer); the next reclamation point outside frees everything.
+#[test]
+fn the_last_puts_of_a_dropped_tree_never_allocate() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use chargetree::group::{GroupId, Observer, TreeConfig, reclaim_orphans};
+
+    #[derive(Default)]
+    struct Freed(AtomicUsize);
+    struct Count(Arc<Freed>);
+    impl Observer for Count {
+        fn freed(&self, _: GroupId) {
+            self.0.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    warm_up();
+    let freed = Arc::new(Freed::default());
+    let tree = Tree::with_config(TreeConfig::new().observer(Count(freed.clone())));
+    let a = tree.root().create_child(GroupSpec::new()).unwrap();
+    let b = a.create_child(GroupSpec::new()).unwrap();
+    let o = b.obj_group().unwrap();
+    let object = o.charge_object(100).unwrap().object;
+    let cell = OwnerCell::new(a.clone());
+    let created = tree.stats().created;
+    drop(tree);
+    assert_eq!(freed.0.load(Ordering::Relaxed), 0, "every group is still held");
+
+    let (_, calls) = forbidden(|| {
+        // SAFETY: from `charge_object` above, given back once.
+        unsafe { ObjGroup::<ThreadCpus>::uncharge_object(object, 100) };
+    });
+    assert_eq!(calls, 0, "uncharge_object of a detached tree's last object");
+    let (_, calls) = forbidden(|| drop(o));
+    assert_eq!(calls, 0, "the last ObjGroup handle");
+    let (_, calls) = forbidden(|| drop(cell.take()));
+    assert_eq!(calls, 0, "an owner cell's reference");
+    let (_, calls) = forbidden(|| drop(b));
+    assert_eq!(calls, 0, "a group's last handle");
+    let root = a.parent().unwrap();
+    drop(a);
+    let (_, calls) = forbidden(|| drop(root));
+    assert_eq!(calls, 0, "the root's last handle, which would free the tree's bookkeeping");
+    drop(cell);
+    assert_eq!(Arc::strong_count(&freed), 2, "the bookkeeping (and its observer) is still there");
+
+    reclaim_orphans();
+    assert_eq!(freed.0.load(Ordering::Relaxed), created, "the next reclamation point frees every group");
+    assert_eq!(Arc::strong_count(&freed), 1, "and the tree's bookkeeping with its observer");
+}

@@ -42,6 +42,7 @@ use chargetree::COUNTER_MAX;
 use chargetree::cpu::{CpuProvider, TestCpus, ThreadCpus};
 use chargetree::group::{
     ChargeFailure, Charged, Group, GroupError, GroupId, GroupSpec, Observer, Tree, TreeConfig,
+    reclaim_orphans,
 };
 use chargetree::objgroup::ObjGroup;
 use chargetree::stock::OBJ_REF_BATCH;
@@ -857,6 +858,7 @@ fn obj_group_is_none_once_the_tree_is_dropped() {
     drop(tree);
     assert!(g.obj_group().is_none());
     drop(g);
+    reclaim_orphans();
     assert_eq!((log.total(Ev::Released), log.total(Ev::Freed)), (created, created));
     log.check();
     assert_eq!(Arc::strong_count(&log), 1);
@@ -1437,6 +1439,7 @@ fn an_objgroup_that_outlived_its_tree_still_balances_and_is_freed() {
     drop(root);
     assert_eq!(log.total(Ev::Freed), created - 1, "only the root waits, for the ObjGroup");
     drop(o);
+    reclaim_orphans();
     assert_eq!((log.total(Ev::Released), log.total(Ev::Freed)), (created, created));
     log.check();
     assert_eq!(Arc::strong_count(&log), 1, "the tree's bookkeeping was freed");
@@ -1457,6 +1460,7 @@ fn the_roots_objgroup_may_outlive_the_tree() {
     assert_eq!((usage(&o.group()), bytes(&o)), (0, (0, 0)));
     assert_eq!(log.total(Ev::Freed), 0, "the ObjGroup keeps the root");
     drop(o);
+    reclaim_orphans();
     assert_eq!((log.total(Ev::Released), log.total(Ev::Freed)), (created, created));
     log.check();
     assert_eq!(Arc::strong_count(&log), 1, "the tree's bookkeeping was freed");
@@ -2052,6 +2056,7 @@ fn the_last_objgroups_of_a_dropped_tree_free_the_root() {
             on(1, || o.uncharge_bytes(100));
         }
         drop(objs);
+        reclaim_orphans();
         assert_eq!(log.total(Ev::Freed), created, "depth {depth}: every group freed: {log:?}");
         assert_eq!(Arc::strong_count(&log), 1, "depth {depth}: the tree's bookkeeping is freed");
         log.check();
@@ -2101,6 +2106,7 @@ fn dropping_the_tree_while_threads_charge_bytes_frees_everything() {
             }
         });
         drop(os);
+        reclaim_orphans();
         if log.total(Ev::Freed) != created || Arc::strong_count(&log) != 1 {
             leaked.push((round, log.total(Ev::Freed), created));
         }

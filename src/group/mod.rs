@@ -38,11 +38,15 @@
 //! Clone, drop (including the last drop), `tryget` and counter operations never allocate,
 //! never take a lock, and never run deferred destructors: a released group is pushed onto a
 //! lock-free intrusive list and freed later by a non-allocator operation (creation, offline,
-//! [`Tree::reclaim`], [`Tree::pin`], dropping the tree). `tests/alloc_safety.rs` proves it
-//! under a global allocator that fails on re-entry.
+//! [`Group::obj_group`], [`Tree::reclaim`], [`Tree::pin`], dropping the tree). This holds
+//! after the tree handle is dropped too: a release then also lists the tree as an orphan
+//! (lock-free), and the next non-allocator operation on *any* tree, or
+//! [`reclaim_orphans`], frees it. `tests/alloc_safety.rs` proves it, the dropped-tree state
+//! included, under a global allocator that counts re-entries.
 
 mod events;
 pub(crate) mod node;
+mod orphans;
 mod owner;
 pub(crate) mod refcount;
 pub(crate) mod tree;
@@ -51,6 +55,7 @@ pub use crate::engine::{
     ChargeFailure, ChargeOptions, Charged, DEFAULT_RETRIES, OverHigh, ReclaimWalk, Reclaimer,
 };
 pub use events::{Event, EventCounts};
+pub use orphans::reclaim_orphans;
 pub use owner::{MoveError, OwnerCell};
 pub use tree::{MAX_REFCOUNT_SHARDS, MAX_RETRIES, Observer, Tree, TreeConfig, TreeStats};
 
@@ -327,6 +332,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
 
     /// Creates an online child with `spec`'s limits. Refused if this group is offline.
     pub fn create_child(&self, spec: GroupSpec<'_>) -> Result<Group<P, K>, GroupError> {
+        reclaim_orphans();
         let tree = self.node().tree();
         // Two references: the base (online membership) and the returned handle. The id is
         // assigned below, once the creation cannot be refused any more, so ids stay dense.
@@ -369,13 +375,14 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// Takes the group offline (see the module docs). Refused for the root, for a group
     /// already offline, and for a group with online children.
     pub fn offline(&self) -> Result<(), GroupError> {
+        reclaim_orphans();
         Node::offline(self.node)?;
         let tree = self.node().tree();
         // Stocks release their references to the dying group (Linux's css_offline calls
         // drain_all_stock). A CPU inside a stock operation at that moment keeps its entry
         // until its next eviction or drain.
         tree.drain_stocks_blocking(Some(self.node()));
-        tree.reclaim_pumped();
+        let _ = tree.reclaim_pumped();
         Ok(())
     }
 
@@ -387,6 +394,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// the handle.
     #[must_use]
     pub fn obj_group(&self) -> Option<ObjGroup<P, K>> {
+        reclaim_orphans();
         let tree = self.node().tree();
         let _guard = tree.pin_internal();
         let mut n = Some(self.node_ptr());

@@ -195,11 +195,13 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
     /// * while the tree handle exists, the node is queued but not pumped. A pump from here
     ///   would pin inside the collector's own pinned region, where the epoch cannot advance
     ///   far enough to free anything; the tree's next reclamation frees it (the running
-    ///   `reclaim_pumped` loop, or the one `Tree::drop` runs after setting `detached`);
+    ///   `reclaim_pumped` loop, the one `Tree::drop` runs after setting `detached`, or
+    ///   the orphan list's);
     /// * once the tree is detached, the node is freed at once, and so is each ancestor whose
     ///   last reference that frees. Crossbeam runs deferred functions from any pin of the
     ///   collector (every 128th pin, a thread's exit), not only from our pumps, so a node
-    ///   queued there could wait for a pump that never comes. Freeing without a grace period
+    ///   queued there could wait for a pump that never comes. Those pins are never on an
+    ///   allocator path (nothing an allocator reaches pins). Freeing without a grace period
     ///   is sound here because nothing reads a group node through a borrowed pointer once the
     ///   tree is detached: borrowed reads need a [`Guard`](crate::epoch::Guard) from the
     ///   tree handle (which is gone), and the crate's own pinned walks hold a reference on

@@ -8,6 +8,7 @@ use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 
 use super::node::Node;
+use super::orphans::{OrphanLink, reclaim_orphans};
 use super::{Group, GroupId, GroupSpec};
 use crate::cpu::{CpuProvider, DefaultCpus};
 use crate::engine::{DEFAULT_RETRIES, Reclaimer};
@@ -233,6 +234,8 @@ pub(crate) struct TreeInner<P: CpuProvider, const K: usize> {
     owners: AtomicUsize,
     /// Set when the `Tree` handle is dropped: last puts then reclaim themselves.
     detached: AtomicBool,
+    /// This tree's link in the process's orphan list (see `orphans.rs`).
+    orphan: OrphanLink,
     /// Set (under `topology`) when the tree starts to be dropped: no new groups.
     pub(crate) closing: AtomicBool,
     root: AtomicPtr<Node<P, K>>,
@@ -372,10 +375,75 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
             // (the Arc recipe); `release_owner`'s AcqRel orders the rest.
             tree.owners.fetch_add(1, Ordering::Relaxed);
             if push(tree) {
-                tree.reclaim_pumped();
+                // Detached: nobody else may ever reclaim, and this may be an allocator's
+                // `dealloc`: list the tree as an orphan (protocol Q in `orphans.rs`).
+                tree.list_as_orphan();
             }
         }
-        // SAFETY: the share taken above, given up; `this` is not used afterwards.
+        // SAFETY: the share taken above, given up (without freeing here); `this` is not used
+        // afterwards.
+        unsafe { Self::release_owner_deferred(this) };
+    }
+
+    /// Lists this tree as an orphan unless it is listed. The caller holds a share.
+    fn list_as_orphan(&self) {
+        if self.orphan.mark() {
+            // ORDERING: Relaxed, the Arc recipe: the caller's share keeps the tree alive.
+            self.owners.fetch_add(1, Ordering::Relaxed);
+            self.orphan.push();
+        }
+    }
+
+    /// Gives up one ownership share like [`TreeInner::release_owner`], but never frees the
+    /// tree (an allocator path may be the caller): the last share is handed to the orphan
+    /// list instead, whose next reclamation frees the tree.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns a share and does not use `this` afterwards.
+    unsafe fn release_owner_deferred(this: NonNull<Self>) {
+        // SAFETY: the caller owns a share, so the tree is alive until it is given up.
+        let tree = unsafe { this.as_ref() };
+        // ORDERING: Relaxed; the CAS below decides.
+        let mut cur = tree.owners.load(Ordering::Relaxed);
+        loop {
+            if cur == 1 {
+                // Ours is the last share: nobody else can take one, and the orphan list holds
+                // none (it would count), so the tree is not listed. Hand the share to it.
+                if tree.orphan.mark() {
+                    tree.orphan.push();
+                    return;
+                }
+                // The list's reclaimer is between clearing the flag and dropping its share.
+                crate::sync::spin_loop();
+                cur = tree.owners.load(Ordering::Relaxed);
+                continue;
+            }
+            // ORDERING: Release, the Arc recipe for a share that is not the last (the last
+            // one's AcqRel is in `release_owner`).
+            match tree.owners.compare_exchange_weak(cur, cur - 1, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The orphan list's reclamation of this tree (`OrphanLink::reclaim`).
+    ///
+    /// # Safety
+    ///
+    /// `this` is a tree on which the caller owns the orphan list's share, given up here.
+    unsafe fn reclaim_as_orphan(this: NonNull<()>) {
+        let this = this.cast::<Self>();
+        // SAFETY: the list's share keeps the tree alive.
+        let tree = unsafe { this.as_ref() };
+        if !tree.reclaim_pumped() && tree.orphan.mark() {
+            // Something released is not freed yet (a thread pinned elsewhere holds the epoch
+            // back): keep the share and stay listed for the next reclamation.
+            tree.orphan.push();
+            return;
+        }
+        // SAFETY: the list's share, given up; not an allocator path.
         unsafe { Self::release_owner(this) };
     }
 
@@ -459,8 +527,8 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
     /// group), so a round that made progress resets the count: in a quiescent process
     /// everything released is freed before this returns, however long the chain. A thread
     /// pinned elsewhere for longer holds the epoch back; what is left then is freed by later
-    /// reclamation.
-    pub(crate) fn reclaim_pumped(&self) {
+    /// reclamation. Returns whether everything released was freed.
+    pub(crate) fn reclaim_pumped(&self) -> bool {
         let mut idle = 0;
         let mut seen = (usize::MAX, usize::MAX);
         while idle < PUMP_ROUNDS {
@@ -476,7 +544,7 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
                 && self.released_objs.load(Ordering::Relaxed).is_null()
                 && stats.objgroups_freed == self.objs_released.load(Ordering::Relaxed)
             {
-                return;
+                return true;
             }
             let now = (stats.freed, stats.objgroups_freed);
             if now == seen {
@@ -490,6 +558,7 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
             }
             seen = now;
         }
+        false
     }
 
     /// Gives up one ownership share; frees the tree at zero.
@@ -541,8 +610,10 @@ unsafe impl<P: CpuProvider, const K: usize> Send for SendPtr<P, K> {}
 ///
 /// Dropping the tree takes every group offline (children first), so groups are freed as soon
 /// as their handles and stored pointers are gone. Handles may outlive the tree; their
-/// counters keep working (charging an offline group is allowed, as in Linux). The memory of
-/// the tree's bookkeeping is freed with the root, after every other group.
+/// counters keep working (charging an offline group is allowed, as in Linux). Their last
+/// drops may happen inside an allocator, so they only queue: the groups (and, with the root,
+/// the tree's bookkeeping, its observer and reclaimer) are freed by the next non-allocator
+/// operation of the crate, or by [`reclaim_orphans`](super::reclaim_orphans).
 ///
 /// ```
 /// use chargetree::group::{GroupSpec, Tree};
@@ -591,6 +662,7 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
     /// If the root spec's limits are above [`COUNTER_MAX`](crate::COUNTER_MAX).
     #[must_use]
     pub fn with_config(config: TreeConfig<P, K>) -> Self {
+        reclaim_orphans();
         if let Err(e) = config.root.validate() {
             panic!("chargetree: invalid root spec: {e}");
         }
@@ -615,6 +687,7 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
             freed: AtomicUsize::new(0),
             owners: AtomicUsize::new(2),
             detached: AtomicBool::new(false),
+            orphan: OrphanLink::new(TreeInner::<P, K>::reclaim_as_orphan),
             closing: AtomicBool::new(false),
             root: AtomicPtr::new(ptr::null_mut()),
             observer: config.observer,
@@ -625,6 +698,7 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
         })));
         // SAFETY: just allocated.
         let tree = unsafe { inner.as_ref() };
+        tree.orphan.set_owner(inner.cast());
         let id = tree.next_id();
         // SAFETY: the tree outlives the root (the root owns a share of it); no parent.
         let root = unsafe { Node::alloc(inner, None, id, &config.root, 1, shards) }
@@ -677,6 +751,7 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
     #[cfg(all(feature = "std", not(loom)))]
     #[must_use]
     pub fn pin(&self) -> Guard<'_> {
+        reclaim_orphans();
         let inner = self.inner();
         let guard = inner.epoch.pin_current_thread(inner.identity());
         if inner.reclaim_with(&guard) {
@@ -720,7 +795,8 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
     /// Hands released groups to the epoch collector and helps it along; in a quiescent
     /// process they are freed before this returns. Not for use inside a global allocator.
     pub fn reclaim(&self) {
-        self.inner().reclaim_pumped();
+        reclaim_orphans();
+        let _ = self.inner().reclaim_pumped();
     }
 
     /// Every group of the tree, in pre-order, each as an owned handle (allocates a `Vec`).
@@ -793,9 +869,14 @@ impl<P: CpuProvider, const K: usize> Drop for Tree<P, K> {
             // SAFETY: the last reference was the base reference, just dropped.
             unsafe { Node::release(root) };
         }
-        inner.reclaim_pumped();
+        if !inner.reclaim_pumped() {
+            // A thread pinned elsewhere holds the epoch back: what is released but not yet
+            // freed is left to the next reclamation point (see `orphans.rs`).
+            inner.list_as_orphan();
+        }
         // SAFETY: the handle's share, given up; `self.inner` is not used after this.
         unsafe { TreeInner::release_owner(self.inner) };
+        reclaim_orphans();
     }
 }
 

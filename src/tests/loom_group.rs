@@ -189,3 +189,24 @@ fn move_vs_offline() {
         assert_eq!(watch.freed.load(Ordering::Relaxed), 1);
     });
 }
+
+/// Protocol Q and the detach (`is_detached` vs `Tree::drop`): the tree handle is dropped on
+/// one thread while another drops the last handle of a group. Whichever way they interleave,
+/// the group is released once, nothing inside the last put frees it when the tree is
+/// already detached (it is queued, and the tree listed as an orphan), and one reclamation
+/// of the orphans afterwards frees it and the tree's bookkeeping.
+#[test]
+fn detached_release_vs_orphan_reclaim() {
+    model(|| {
+        let (tree, watch) = tree_with_watch();
+        let g = tree.root().create_child(GroupSpec::new()).unwrap();
+        watch.target.store(g.id().0, Ordering::Relaxed);
+        let t = thread::spawn(move || drop(g));
+        drop(tree);
+        t.join().unwrap();
+        crate::group::reclaim_orphans();
+        assert_eq!(watch.released.load(Ordering::Relaxed), 1, "released once");
+        assert_eq!(watch.freed.load(Ordering::Relaxed), 1, "freed once, by the tree or the orphan list");
+        assert_eq!(Arc::strong_count(&watch), 1, "the tree's bookkeeping (and observer) is freed");
+    });
+}
