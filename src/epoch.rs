@@ -27,8 +27,12 @@
 //! on the tree (group creation, offline, [`Tree::reclaim`](crate::group::Tree::reclaim),
 //! `Tree::pin`, dropping the tree).
 
+use alloc::boxed::Box;
 use core::fmt;
 use core::marker::PhantomData;
+use core::ptr;
+
+use crate::sync::atomic::{AtomicPtr, Ordering};
 
 use crossbeam_epoch as cb;
 
@@ -120,30 +124,62 @@ impl fmt::Debug for Participant<'_> {
     }
 }
 
-/// A tree's collector.
+/// A tree's collector, created on first use: crossbeam allocates it infallibly, and a tree
+/// is created fallibly (`Tree::try_with_config`), so the collector waits for the first pin
+/// or reclamation, which are never on an allocator path and may allocate anyway.
 pub(crate) struct Epoch {
-    collector: cb::Collector,
+    collector: AtomicPtr<cb::Collector>,
 }
 
 impl Epoch {
-    pub(crate) fn new() -> Self {
-        Self { collector: cb::Collector::new() }
+    crate::const_fn! {
+        pub(crate) const fn new() -> Self {
+            Self { collector: AtomicPtr::new(ptr::null_mut()) }
+        }
+    }
+
+    /// The collector, created by the first caller.
+    fn collector(&self) -> &cb::Collector {
+        // ORDERING: Acquire pairs with the AcqRel CAS below: the collector is initialised.
+        let mut p = self.collector.load(Ordering::Acquire);
+        if p.is_null() {
+            let mine = Box::into_raw(Box::new(cb::Collector::new()));
+            // ORDERING: AcqRel: Release publishes ours, Acquire takes another creator's.
+            match self.collector.compare_exchange(ptr::null_mut(), mine, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => p = mine,
+                Err(theirs) => {
+                    // SAFETY: ours, never shared.
+                    drop(unsafe { Box::from_raw(mine) });
+                    p = theirs;
+                }
+            }
+        }
+        // SAFETY: set once, never changed, freed only in `Drop` (which has `&mut self`).
+        unsafe { &*p }
     }
 
     /// A new participant (allocates its registration) of the tree identified by `owner`.
     pub(crate) fn register<'t>(&'t self, owner: usize) -> Participant<'t> {
-        Participant {
-            handle: self.collector.register(),
-            _collector: self.collector.clone(),
-            owner,
-            _tree: PhantomData,
-        }
+        let collector = self.collector();
+        Participant { handle: collector.register(), _collector: collector.clone(), owner, _tree: PhantomData }
     }
 
     /// Pins the current thread through a thread-local participant of this collector.
     #[cfg(all(feature = "std", not(loom)))]
     pub(crate) fn pin_current_thread<'t>(&'t self, owner: usize) -> Guard<'t> {
-        Guard { inner: tls::pin(&self.collector), owner, _tree: PhantomData }
+        Guard { inner: tls::pin(self.collector()), owner, _tree: PhantomData }
+    }
+}
+
+impl Drop for Epoch {
+    fn drop(&mut self) {
+        // ORDERING: Acquire, as in `collector` (we have `&mut self`: nobody races).
+        let p = self.collector.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: created by `collector` with `Box::into_raw`, dropped once, here.
+            drop(unsafe { Box::from_raw(p) });
+        }
     }
 }
 

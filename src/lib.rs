@@ -105,6 +105,8 @@ macro_rules! const_fn {
 }
 pub(crate) use const_fn;
 
+#[cfg(feature = "alloc")]
+mod fallible;
 mod padded;
 mod sync;
 

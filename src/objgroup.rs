@@ -81,6 +81,7 @@ use core::ptr::{self, NonNull};
 
 use crate::cpu::{CpuProvider, DefaultCpus};
 use crate::engine::{ChargeFailure, ChargeOptions, Charged};
+use crate::fallible::{OutOfMemory, try_box};
 use crate::group::node::Node;
 use crate::group::refcount::RefCount;
 use crate::group::tree::TreeInner;
@@ -120,18 +121,23 @@ unsafe impl<P: CpuProvider, const K: usize> Sync for ObjNode<P, K> {}
 
 impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
     /// A new node pointing at `group` with `initial` references, taking a reference on
-    /// `group`. The caller links it into the group's list (or discards it).
+    /// `group`. The caller links it into the group's list (or discards it). `Err` (with
+    /// nothing taken or left allocated) if the allocator refuses.
     ///
     /// # Safety
     ///
     /// The caller holds a reference on `group` (so a plain get is legal) and the tree
     /// outlives the node.
-    pub(crate) unsafe fn alloc(group: NonNull<Node<P, K>>, initial: usize, shards: usize) -> NonNull<Self> {
+    pub(crate) unsafe fn alloc(
+        group: NonNull<Node<P, K>>,
+        initial: usize,
+        shards: usize,
+    ) -> Result<NonNull<Self>, OutOfMemory> {
         // SAFETY: the caller holds a reference.
         let g = unsafe { group.as_ref() };
-        g.refs.get(g.hint());
-        NonNull::from(Box::leak(Box::new(ObjNode {
-            refs: RefCount::new(initial, shards),
+        let refs = RefCount::try_new(initial, shards)?;
+        let node = try_box(ObjNode {
+            refs,
             group: AtomicPtr::new(group.as_ptr()),
             readers: AtomicUsize::new(0),
             nr_charged_bytes: AtomicUsize::new(0),
@@ -139,7 +145,10 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
             prev: UnsafeCell::new(ptr::null_mut()),
             next: UnsafeCell::new(ptr::null_mut()),
             next_released: AtomicPtr::new(ptr::null_mut()),
-        })))
+        })?;
+        // The node's reference on its group, taken once nothing can fail any more.
+        g.refs.get(g.hint());
+        Ok(NonNull::from(Box::leak(node)))
     }
 
     /// Frees a node that was never shared, putting the reference it took on its group.

@@ -188,6 +188,9 @@ pub enum GroupError {
     Limit(LimitError),
     /// The tree is being dropped: it takes no new groups.
     TreeClosed,
+    /// The allocator refused the memory for the new group (Linux's `mkdir` returns
+    /// `ENOMEM`): nothing was created, nothing is left allocated, no id was taken.
+    OutOfMemory,
 }
 
 impl fmt::Display for GroupError {
@@ -201,6 +204,7 @@ impl fmt::Display for GroupError {
             GroupError::Root => f.write_str("the root group cannot be taken offline"),
             GroupError::Limit(e) => write!(f, "invalid limit: {e}"),
             GroupError::TreeClosed => f.write_str("the tree is being dropped"),
+            GroupError::OutOfMemory => f.write_str("out of memory"),
         }
     }
 }
@@ -388,12 +392,20 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
 
     /// The `ObjGroup` to charge objects of this group through, in bytes: the group's own
     /// while it is online (created on first use), else the nearest online ancestor's
-    /// (Linux's `get_obj_cgroup_from_memcg`). `None` only once the tree is being dropped.
+    /// (Linux's `get_obj_cgroup_from_memcg`). `None` once the tree is being dropped, or if
+    /// the allocator refused the memory for a new one ([`Group::try_obj_group`] says which).
     ///
     /// Not for allocator paths (it pins the epoch and may allocate); take it once and keep
     /// the handle.
     #[must_use]
     pub fn obj_group(&self) -> Option<ObjGroup<P, K>> {
+        self.try_obj_group().ok()
+    }
+
+    /// [`Group::obj_group`], with the reason of a failure: [`GroupError::TreeClosed`] once
+    /// the tree is being dropped, [`GroupError::OutOfMemory`] if the allocator refused the
+    /// memory for a new `ObjGroup` (nothing is left allocated then).
+    pub fn try_obj_group(&self) -> Result<ObjGroup<P, K>, GroupError> {
         reclaim_orphans();
         let tree = self.node().tree();
         let _guard = tree.pin_internal();
@@ -409,29 +421,29 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
                 let on = unsafe { o.as_ref() };
                 if on.refs.tryget(on.hint()) {
                     // SAFETY: the reference just taken.
-                    return Some(unsafe { ObjGroup::from_node(o) });
+                    return Ok(unsafe { ObjGroup::from_node(o) });
                 }
             } else if x.is_online() {
-                if let Some(o) = Self::install_obj(xp) {
-                    return Some(o);
+                if let Some(o) = Self::install_obj(xp)? {
+                    return Ok(o);
                 }
                 continue; // lost a race (another creator, or an offline): look again
             }
             n = x.parent;
         }
-        None
+        Err(GroupError::TreeClosed)
     }
 
     /// Creates `x`'s own `ObjGroup` and installs it as active, unless `x` went offline or
     /// got one meanwhile. Returns a handle to the new one.
-    fn install_obj(xp: NonNull<Node<P, K>>) -> Option<ObjGroup<P, K>> {
+    fn install_obj(xp: NonNull<Node<P, K>>) -> Result<Option<ObjGroup<P, K>>, GroupError> {
         // SAFETY: the caller's handle keeps `xp` (this group or an ancestor) alive.
         let x = unsafe { xp.as_ref() };
         let tree = x.tree();
         // Two references: the group's active one and the returned handle.
         // SAFETY: the caller's handle keeps `x` referenced (it is this group or an ancestor),
         // so the reference `alloc` takes on it is legal; the tree outlives the node.
-        let obj = unsafe { ObjNode::alloc(xp, 2, tree.shards) };
+        let obj = unsafe { ObjNode::alloc(xp, 2, tree.shards) }.map_err(|_| GroupError::OutOfMemory)?;
         let installed = {
             let _topology = tree.topology.lock();
             // ORDERING: Relaxed; both are only written under the topology flag.
@@ -449,11 +461,11 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
         if installed {
             tree.note_obj_created();
             // SAFETY: one of the two initial references is the handle's.
-            Some(unsafe { ObjGroup::from_node(obj) })
+            Ok(Some(unsafe { ObjGroup::from_node(obj) }))
         } else {
             // SAFETY: never shared; drop it together with the reference it took on `x`.
             unsafe { ObjNode::discard(obj) };
-            None
+            Ok(None)
         }
     }
 

@@ -34,6 +34,7 @@ use super::tree::TreeInner;
 use super::{GroupError, GroupId, GroupSpec};
 use crate::counter::Counter;
 use crate::cpu::CpuProvider;
+use crate::fallible::{try_box, try_box_str};
 use crate::objgroup::ObjNode;
 use crate::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 use crate::sync::cell::UnsafeCell;
@@ -70,7 +71,8 @@ pub(crate) struct Node<P: CpuProvider, const K: usize> {
 }
 
 impl<P: CpuProvider, const K: usize> Node<P, K> {
-    /// Allocates a node with `initial` references.
+    /// Allocates a node with `initial` references. Every allocation is fallible: on
+    /// [`GroupError::OutOfMemory`] nothing is left allocated.
     ///
     /// # Safety
     ///
@@ -101,13 +103,19 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
         counter.set_high(spec.high).map_err(GroupError::Limit)?;
         counter.set_min(spec.min).map_err(GroupError::Limit)?;
         counter.set_low(spec.low).map_err(GroupError::Limit)?;
-        let node = Box::new(Node {
+        let oom = |_| GroupError::OutOfMemory;
+        let name = match spec.name {
+            Some(name) => Some(try_box_str(name).map_err(oom)?),
+            None => None,
+        };
+        let refs = RefCount::try_new(initial, shards).map_err(oom)?;
+        let node = try_box(Node {
             counter,
-            refs: RefCount::new(initial, shards),
+            refs,
             tree,
             parent,
             id,
-            name: spec.name.map(Box::from),
+            name,
             state: AtomicU8::new(ONLINE),
             events: Events::default(),
             topo: UnsafeCell::new(Topo {
@@ -119,7 +127,8 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
             next_released: AtomicPtr::new(ptr::null_mut()),
             objgroups: UnsafeCell::new(ptr::null_mut()),
             active_obj: AtomicPtr::new(ptr::null_mut()),
-        });
+        })
+        .map_err(oom)?;
         // Never reborrowed as a `Box` again until `free`: children keep `&'static`
         // references into it.
         Ok(NonNull::from(Box::leak(node)))

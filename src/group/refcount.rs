@@ -44,7 +44,8 @@
 //! them onwards through `central`, whose final decrement the freeing thread acquires.
 
 use alloc::boxed::Box;
-use alloc::vec::Vec;
+
+use crate::fallible::{OutOfMemory, try_boxed_slice};
 
 use crate::padded::CachePadded;
 #[cfg(not(chargetree_sanitize_thread))]
@@ -69,16 +70,23 @@ pub(crate) struct RefCount {
 impl RefCount {
     /// A live count of `initial` references spread over `shards` (rounded up to a power of
     /// two, at least 1) shards.
-    pub(crate) fn new(initial: usize, shards: usize) -> Self {
-        let n = shards.max(1).next_power_of_two();
-        let shards: Vec<CachePadded<AtomicUsize>> =
-            (0..n).map(|_| CachePadded::new(AtomicUsize::new(0))).collect();
-        Self {
-            shards: shards.into_boxed_slice(),
+    /// `Err` if the allocator refuses the shards.
+    pub(crate) fn try_new(initial: usize, shards: usize) -> Result<Self, OutOfMemory> {
+        // Callers clamp `shards` (TreeConfig::refcount_shards), so this cannot overflow.
+        let n = shards.clamp(1, 1 << 16).next_power_of_two();
+        let shards = try_boxed_slice(n, |_| CachePadded::new(AtomicUsize::new(0)))?;
+        Ok(Self {
+            shards,
             mask: n - 1,
             central: CachePadded::new(AtomicUsize::new(BIAS.wrapping_add(initial.wrapping_mul(ONE)))),
             killed: AtomicBool::new(false),
-        }
+        })
+    }
+
+    /// [`RefCount::try_new`] for tests, where allocation does not fail.
+    #[cfg(test)]
+    pub(crate) fn new(initial: usize, shards: usize) -> Self {
+        Self::try_new(initial, shards).expect("test allocation")
     }
 
     #[inline(always)]

@@ -9,10 +9,11 @@ use core::ptr::{self, NonNull};
 
 use super::node::Node;
 use super::orphans::{OrphanLink, reclaim_orphans};
-use super::{Group, GroupId, GroupSpec};
+use super::{Group, GroupError, GroupId, GroupSpec};
 use crate::cpu::{CpuProvider, DefaultCpus};
 use crate::engine::{DEFAULT_RETRIES, Reclaimer};
 use crate::epoch::{Epoch, Guard, Participant};
+use crate::fallible::try_box;
 use crate::objgroup::DEFAULT_UNIT_BYTES;
 use crate::objgroup::ObjNode;
 use crate::stock::STOCK_SLOTS;
@@ -659,16 +660,41 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
     ///
     /// # Panics
     ///
-    /// If the root spec's limits are above [`COUNTER_MAX`](crate::COUNTER_MAX).
+    /// If the root spec's limits are above [`COUNTER_MAX`](crate::COUNTER_MAX); calls
+    /// [`handle_alloc_error`](alloc::alloc::handle_alloc_error) if the allocator refuses
+    /// memory. [`Tree::try_with_config`] returns both as errors.
     #[must_use]
     pub fn with_config(config: TreeConfig<P, K>) -> Self {
-        reclaim_orphans();
-        if let Err(e) = config.root.validate() {
-            panic!("chargetree: invalid root spec: {e}");
+        match Self::try_with_config(config) {
+            Ok(tree) => tree,
+            Err(GroupError::OutOfMemory) => {
+                alloc::alloc::handle_alloc_error(core::alloc::Layout::new::<TreeInner<P, K>>())
+            }
+            Err(e) => panic!("chargetree: invalid root spec: {e}"),
         }
+    }
+
+    /// A tree built from `config`, or why not: [`GroupError::Limit`] if the root spec's
+    /// limits are above [`COUNTER_MAX`](crate::COUNTER_MAX), [`GroupError::OutOfMemory`] if
+    /// the allocator refused memory (nothing is left allocated then; the configuration, its
+    /// observer and reclaimer included, is dropped). The epoch collector is created on first
+    /// use, by the first reclamation or pin.
+    ///
+    /// ```
+    /// use chargetree::group::{GroupSpec, Tree, TreeConfig};
+    ///
+    /// let bad = TreeConfig::new().root(GroupSpec::new().max(usize::MAX - 1));
+    /// assert!(Tree::try_with_config(bad).is_err());
+    /// let tree = Tree::try_with_config(TreeConfig::new()).unwrap();
+    /// assert!(tree.root().is_root());
+    /// ```
+    pub fn try_with_config(config: TreeConfig<P, K>) -> Result<Self, GroupError> {
+        reclaim_orphans();
+        config.root.validate().map_err(GroupError::Limit)?;
+        let oom = |_| GroupError::OutOfMemory;
         let shards = config.refcount_shards.unwrap_or_else(|| config.cpus.count().clamp(1, 16));
-        let stocks = Stocks::new(config.cpus.count(), config.batch, config.unit_bytes);
-        let inner = NonNull::from(Box::leak(Box::new(TreeInner {
+        let stocks = Stocks::try_new(config.cpus.count(), config.batch, config.unit_bytes).map_err(oom)?;
+        let inner = try_box(TreeInner {
             cpus: config.cpus,
             epoch: Epoch::new(),
             shards,
@@ -695,19 +721,27 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
             max_retries: config.max_retries,
             reclaimer: config.reclaimer,
             forced: AtomicUsize::new(0),
-        })));
+        })
+        .map_err(oom)?;
+        let inner = NonNull::from(Box::leak(inner));
         // SAFETY: just allocated.
         let tree = unsafe { inner.as_ref() };
         tree.orphan.set_owner(inner.cast());
         let id = tree.next_id();
         // SAFETY: the tree outlives the root (the root owns a share of it); no parent.
-        let root = unsafe { Node::alloc(inner, None, id, &config.root, 1, shards) }
-            .expect("root limits must be representable");
+        let root = match unsafe { Node::alloc(inner, None, id, &config.root, 1, shards) } {
+            Ok(root) => root,
+            Err(e) => {
+                // SAFETY: allocated above with `Box::leak`, never shared.
+                drop(unsafe { Box::from_raw(inner.as_ptr()) });
+                return Err(e);
+            }
+        };
         tree.note_created();
 
         // ORDERING: Release pairs with the Acquire loads in `root_node`.
         tree.root.store(root.as_ptr(), Ordering::Release);
-        Self { inner, _owns: PhantomData }
+        Ok(Self { inner, _owns: PhantomData })
     }
 
     #[inline]

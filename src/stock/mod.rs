@@ -62,12 +62,12 @@
 pub(crate) mod barrier;
 
 use alloc::boxed::Box;
-use alloc::vec::Vec;
 use core::ptr::{self, NonNull};
 
 use arrayvec::ArrayVec;
 
 use crate::cpu::CpuProvider;
+use crate::fallible::{OutOfMemory, try_boxed_slice};
 use crate::group::node::Node;
 use crate::objgroup::ObjNode;
 use crate::padded::CachePadded;
@@ -154,37 +154,32 @@ pub(crate) struct Stocks<P: CpuProvider, const K: usize> {
 impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     /// `count` CPU slots with `batch` units per group at most. `batch == 0` disables stocks
     /// (every operation then misses: `n > 0 = batch`, and `n == 0` finds nothing to take).
-    pub(crate) fn new(count: usize, batch: usize, unit_bytes: usize) -> Self {
+    pub(crate) fn try_new(count: usize, batch: usize, unit_bytes: usize) -> Result<Self, OutOfMemory> {
         // Exactly `count` slots, even with stocks disabled: `slot` relies on it.
-        let cpus: Vec<CpuStock<P, K>> = (0..count)
-            .map(|_| CpuStock {
-                owned: CachePadded::new(Owned {
-                    busy: AtomicUsize::new(0),
-                    next_victim: AtomicUsize::new(0),
-                    groups: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
-                    units: core::array::from_fn(|_| AtomicUsize::new(0)),
-                }),
-                obj: CachePadded::new(ObjOwned {
-                    busy: AtomicUsize::new(0),
-                    obj: AtomicPtr::new(ptr::null_mut()),
-                    bytes: AtomicUsize::new(0),
-                    refs: AtomicUsize::new(0),
-                }),
-                steal: CachePadded::new(Steal {
-                    units: AtomicBool::new(false),
-                    objs: AtomicBool::new(false),
-                }),
-            })
-            .collect();
-        Self {
-            cpus: cpus.into_boxed_slice(),
+        let cpus = try_boxed_slice(count, |_| CpuStock {
+            owned: CachePadded::new(Owned {
+                busy: AtomicUsize::new(0),
+                next_victim: AtomicUsize::new(0),
+                groups: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+                units: core::array::from_fn(|_| AtomicUsize::new(0)),
+            }),
+            obj: CachePadded::new(ObjOwned {
+                busy: AtomicUsize::new(0),
+                obj: AtomicPtr::new(ptr::null_mut()),
+                bytes: AtomicUsize::new(0),
+                refs: AtomicUsize::new(0),
+            }),
+            steal: CachePadded::new(Steal { units: AtomicBool::new(false), objs: AtomicBool::new(false) }),
+        })?;
+        Ok(Self {
+            cpus,
             batch,
             unit_bytes,
             asymmetric: !cpus_is_empty_or_loom(count) && barrier::asymmetric_available(),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             used: CachePadded::new(AtomicUsize::new(0)),
-        }
+        })
     }
 
     /// Raises the high-water mark to cover slot `cpu`, before its owner enters to install an
