@@ -107,7 +107,7 @@ fn create_child_under_every_allocation_failure_leaves_nothing_behind() {
     assert_eq!(child.name(), Some("a tenant with a name"));
     assert_eq!(child.id().0, before.created, "the next id: no refused creation took one");
     assert_eq!(tree.stats().created, before.created + 1);
-    child.try_charge(10).unwrap();
+    let _ = child.try_charge(10).unwrap();
     child.uncharge(10);
 }
 
