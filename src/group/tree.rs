@@ -192,6 +192,11 @@ pub struct TreeStats {
     pub freed: usize,
     /// Charges forced past a limit because the caller asked for no-fail.
     pub forced: usize,
+    /// Remote drains (and the tree's drop) that found the heavy barrier failing
+    /// (`membarrier(2)` refused, e.g. by a seccomp filter) and so took nothing from other
+    /// CPUs' stocks. Charges keep working; cached units stay cached until their owner
+    /// drains its own stock.
+    pub barrier_failures: usize,
     /// Sub-unit bytes left in released `ObjGroup`s: objects uncharged other byte counts than
     /// they charged (a caller bug, counted here). After over-uncharges they were never
     /// charged; after under-uncharges they are the unused part of a unit that stays charged.
@@ -341,6 +346,7 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
             freed: self.freed.load(Ordering::Relaxed),
             forced: self.forced.load(Ordering::Relaxed),
             stray_bytes: self.stray_bytes.load(Ordering::Relaxed),
+            barrier_failures: self.stocks.barrier_failures(),
             objgroups_created: self.objs_created.load(Ordering::Relaxed),
             objgroups_freed: self.objs_freed.load(Ordering::Relaxed),
         }
@@ -858,14 +864,19 @@ impl<P: CpuProvider, const K: usize> Drop for Tree<P, K> {
         // inside an operation is retried when it leaves it), and the end is final: an owner
         // that read `closed == false` is still seen busy, or its entry is seen (see
         // `Stocks::close`).
-        self.inner().stocks.close();
-        loop {
-            self.inner().drain_stocks_blocking(None);
-            if self.inner().stocks.is_drained() {
-                break;
+        if self.inner().stocks.close() {
+            loop {
+                self.inner().drain_stocks_blocking(None);
+                if self.inner().stocks.is_drained() {
+                    break;
+                }
+                crate::sync::spin_loop();
             }
-            crate::sync::spin_loop();
         }
+        // Else the heavy barrier failed (`membarrier` refused): the stocks cannot be taken
+        // from their owners safely, so they are left as they are. Their entries keep their
+        // groups (hence the tree's bookkeeping) allocated until each owner drains its own
+        // slot (a thread does when it exits) — a leak, never a use-after-free.
         // Take every group offline, children first (post-order = reverse pre-order). No
         // group can be created from here on, so the snapshot is complete.
         let groups = self.groups();

@@ -34,19 +34,24 @@ pub(crate) fn light(asymmetric: bool) {
     }
 }
 
-/// The drainer's half.
+/// How many times the heavy barrier retries a failing `membarrier` before it reports the
+/// failure (`ENOMEM` may be transient).
+const MEMBARRIER_TRIES: usize = 3;
+
+/// The drainer's half. Returns `false` if it could not be executed: `membarrier(2)` failed
+/// even after registration (it can return `ENOMEM`, and a seccomp filter installed later can
+/// make it return `EPERM`). Then owners that only compiler-fence are not ordered against the
+/// caller, which must behave as if every owner were inside its critical section: take
+/// nothing from any slot, trust no `busy == 0` (the degraded but safe path).
 #[inline]
-pub(crate) fn heavy(asymmetric: bool) {
+#[must_use]
+pub(crate) fn heavy(asymmetric: bool) -> bool {
     if asymmetric {
-        if !membarrier::expedited() {
-            // membarrier(2) cannot fail for a registered process; if it ever did, owners that
-            // only compiler-fence would be unprotected, so stop rather than go on unsound.
-            crate::abort();
-        }
-        return;
+        return (0..MEMBARRIER_TRIES).any(|_| membarrier::expedited());
     }
     // ORDERING: SeqCst fence, pairs with the owner's fence in `light` (symmetric mode).
     fence(Ordering::SeqCst);
+    true
 }
 
 /// Whether the asymmetric mode is available in this process (registers on first call).

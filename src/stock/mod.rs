@@ -144,6 +144,8 @@ pub(crate) struct Stocks<P: CpuProvider, const K: usize> {
     draining: AtomicBool,
     /// Set when the tree is dropped: refills stop caching (nothing could drain them later).
     closed: AtomicBool,
+    /// Heavy barriers that failed (`membarrier` refused): drains that took nothing.
+    barrier_failures: AtomicUsize,
     /// High-water mark of the slots that ever had an entry: slots at and above it are empty,
     /// so drains and checks visit only `cpus[..used]` (a process with a few threads pays
     /// for a few slots, not for the provider's `count`). Raised before an owner enters to
@@ -178,6 +180,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
             asymmetric: !cpus_is_empty_or_loom(count) && barrier::asymmetric_available(),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            barrier_failures: AtomicUsize::new(0),
             used: CachePadded::new(AtomicUsize::new(0)),
         })
     }
@@ -216,11 +219,31 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     /// the store of `busy`, the light barrier, then the load of `closed`. Either the owner
     /// sees `closed` and installs nothing, or `is_drained` sees its `busy` (or, once it has
     /// left, the entry it installed) and the caller drains again.
-    pub(crate) fn close(&self) {
+    ///
+    /// Returns `false` if the heavy barrier failed (see [`barrier::heavy`]): then neither
+    /// `is_drained` nor a drain can be trusted to see every owner, and the caller must leave
+    /// the stocks as they are (their entries keep their groups alive: memory stays valid).
+    #[must_use]
+    pub(crate) fn close(&self) -> bool {
         // ORDERING: Relaxed store published by the heavy barrier right after it, which
         // pairs with the light barrier in the owners' `enter_on` (see above).
         self.closed.store(true, Ordering::Relaxed);
-        barrier::heavy(self.asymmetric);
+        let ok = barrier::heavy(self.asymmetric);
+        if !ok {
+            self.note_barrier_failure();
+        }
+        ok
+    }
+
+    fn note_barrier_failure(&self) {
+        // ORDERING: Relaxed; a statistic.
+        self.barrier_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many drains and closes found the heavy barrier failing and took nothing.
+    pub(crate) fn barrier_failures(&self) -> usize {
+        // ORDERING: Relaxed; a statistic.
+        self.barrier_failures.load(Ordering::Relaxed)
     }
 
     /// Whether the tree is being dropped. Only meaningful to an owner inside its critical
@@ -463,8 +486,12 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         }
         let mut returned = 0;
         if flagged {
-            // Step 2: one heavy barrier for all the slots.
-            barrier::heavy(self.asymmetric);
+            // Step 2: one heavy barrier for all the slots. If it fails, every owner is
+            // treated as busy: nothing is taken (the guard clears the flags).
+            if !barrier::heavy(self.asymmetric) {
+                self.note_barrier_failure();
+                return Some(0);
+            }
             for s in slots {
                 // ORDERING: Relaxed; our own flags.
                 if s.steal.objs.load(Ordering::Relaxed) {
