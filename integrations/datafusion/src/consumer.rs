@@ -57,6 +57,15 @@ pub(crate) struct ConsumerState {
     pub(crate) can_spill: bool,
     /// `levels[0]` is the consumer's own group; the last is the global root.
     pub(crate) levels: Box<[Level]>,
+    pub(crate) counts: Counts,
+}
+
+/// A consumer's numbers, written by its reservations' operations: on cache lines of their
+/// own, so that consumers used by different threads never write one line (two states
+/// allocated side by side would otherwise share one).
+#[repr(align(128))]
+#[derive(Default)]
+pub(crate) struct Counts {
     /// Σ the sizes of the consumer's reservations, as the pool was told them.
     pub(crate) bytes: AtomicUsize,
     pub(crate) peak: AtomicUsize,
@@ -78,36 +87,42 @@ impl ConsumerState {
     /// Records `n` more bytes and raises the peak.
     #[inline]
     pub(crate) fn add_bytes(&self, n: usize) {
+        let c = &self.counts;
         // ORDERING: Relaxed; statistics. The RMW makes concurrent reservations of one
         // consumer add up exactly; the value is exact once they are quiescent.
-        let now = self.bytes.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        let now = c.bytes.fetch_add(n, Ordering::Relaxed).saturating_add(n);
         // Read first: the peak only moves while the consumer grows to a new high.
-        if now > self.peak.load(Ordering::Relaxed) {
-            self.peak.fetch_max(now, Ordering::Relaxed);
+        if now > c.peak.load(Ordering::Relaxed) {
+            c.peak.fetch_max(now, Ordering::Relaxed);
         }
     }
 
-    /// Takes up to `n` bytes off the record; returns how many were there.
+    /// Takes `n` bytes off the record; returns how many were there (`n`, unless the caller
+    /// shrinks more than it grew, which only a direct caller of the pool can do: then the
+    /// record is clamped at 0).
     #[inline]
     pub(crate) fn sub_bytes(&self, n: usize) -> usize {
-        // ORDERING: Relaxed; statistics. Saturating: a caller that shrinks more than it grew
-        // (only possible by calling the pool directly) cannot wrap the record.
-        match self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(n))) {
-            Ok(prev) | Err(prev) => prev.min(n),
+        let c = &self.counts;
+        // ORDERING: Relaxed; statistics. One RMW: reservations never shrink more than they
+        // hold, so the subtraction does not wrap for DataFusion's calls; a wrap by a direct
+        // caller is undone at once (a concurrent reader may see it in between).
+        let prev = c.bytes.fetch_sub(n, Ordering::Relaxed);
+        if prev >= n {
+            return n;
         }
+        c.bytes.fetch_add(n - prev, Ordering::Relaxed);
+        prev
     }
 
     /// Takes up to `n` bytes off `unaccounted`; returns how many.
     #[inline]
     pub(crate) fn take_unaccounted(&self, n: usize) -> usize {
+        let u = &self.counts.unaccounted;
         // ORDERING: Relaxed; only ever non-zero after a grow above COUNTER_MAX.
-        if self.unaccounted.load(Ordering::Relaxed) == 0 {
+        if u.load(Ordering::Relaxed) == 0 {
             return 0;
         }
-        match self
-            .unaccounted
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u.saturating_sub(n)))
-        {
+        match u.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n))) {
             Ok(prev) | Err(prev) => prev.min(n),
         }
     }

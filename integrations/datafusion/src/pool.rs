@@ -13,7 +13,7 @@ use datafusion_execution::memory_pool::{
 };
 
 use crate::budget::{Budget, PoolError};
-use crate::consumer::{self, ConsumerState, Level, LevelInfo};
+use crate::consumer::{self, ConsumerState, Counts, Level, LevelInfo};
 
 /// Default bytes charged to the counters per walk and cached per CPU and consumer.
 pub const DEFAULT_BATCH_BYTES: usize = 32 * 1024;
@@ -401,11 +401,7 @@ impl ChargeTreePool {
             name: consumer.name().to_owned(),
             can_spill: consumer.can_spill(),
             levels: levels.into_boxed_slice(),
-            bytes: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-            unaccounted: AtomicUsize::new(0),
-            forced: AtomicUsize::new(0),
-            refused: AtomicUsize::new(0),
+            counts: Counts::default(),
         });
         registry.insert(consumer.id(), (state.clone(), 1));
         state
@@ -579,7 +575,7 @@ impl MemoryPool for ChargeTreePool {
         if let Some(c) = gone {
             // Reservations free themselves before their registration goes; whatever a
             // direct caller left is given back so the levels above balance.
-            let left = c.bytes.swap(0, Ordering::Relaxed);
+            let left = c.counts.bytes.swap(0, Ordering::Relaxed);
             let charged = left - c.take_unaccounted(left);
             if charged != 0 {
                 c.group().uncharge(charged);
@@ -596,14 +592,14 @@ impl MemoryPool for ChargeTreePool {
             match c.group().charge_with(additional, FORCE) {
                 Ok(charged) => {
                     if charged.forced {
-                        c.forced.fetch_add(1, Ordering::Relaxed);
+                        c.counts.forced.fetch_add(1, Ordering::Relaxed);
                         self.scope.shared.forced.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 // Above COUNTER_MAX (or forcing would be): DataFusion's `grow` cannot fail,
                 // so the bytes are recorded as unaccounted and given back first.
                 Err(_) => {
-                    c.unaccounted.fetch_add(additional, Ordering::Relaxed);
+                    c.counts.unaccounted.fetch_add(additional, Ordering::Relaxed);
                 }
             }
             c.add_bytes(additional);
@@ -641,7 +637,7 @@ impl MemoryPool for ChargeTreePool {
                 }
                 Err(_) => Refusal::TooLarge,
             };
-            c.refused.fetch_add(1, Ordering::Relaxed);
+            c.counts.refused.fetch_add(1, Ordering::Relaxed);
             Err(self.refusal_error(c, reservation, additional, why))
         })
     }
@@ -653,7 +649,7 @@ impl MemoryPool for ChargeTreePool {
         registry
             .values()
             .filter(|(c, _)| c.group().is_descendant_of(&self.scope.group))
-            .map(|(c, _)| c.bytes.load(Ordering::Relaxed))
+            .map(|(c, _)| c.counts.bytes.load(Ordering::Relaxed))
             .fold(0usize, usize::saturating_add)
     }
 
@@ -724,10 +720,10 @@ impl ConsumerStats {
             id: c.id,
             can_spill: c.can_spill,
             path: c.path(0).to_owned(),
-            reserved: c.bytes.load(Ordering::Relaxed),
-            peak: c.peak.load(Ordering::Relaxed),
-            forced: c.forced.load(Ordering::Relaxed),
-            refused: c.refused.load(Ordering::Relaxed),
+            reserved: c.counts.bytes.load(Ordering::Relaxed),
+            peak: c.counts.peak.load(Ordering::Relaxed),
+            forced: c.counts.forced.load(Ordering::Relaxed),
+            refused: c.counts.refused.load(Ordering::Relaxed),
         }
     }
 }
