@@ -5,7 +5,7 @@
 //!
 //! | provider | where | what a "CPU" is | exclusive? |
 //! |----------|-------|-----------------|------------|
-//! | [`ThreadCpus`] (`std`) | ordinary processes | a live thread (indices are reused after a thread exits) | yes: one thread per index, so migration and preemption cannot make two contexts share one |
+//! | [`ThreadCpus`] (`std`) | ordinary processes | a live thread (indices are reused after a thread exits; what a thread cached in any tree's stock goes back to the counters when it exits) | yes: one thread per index, so migration and preemption cannot make two contexts share one |
 //! | your own `unsafe impl` | bare metal, hypervisors | a physical CPU or pinned vCPU thread | yes, by the embedder's contract (interrupts off, pinning) |
 //! | [`TestCpus`] | tests, loom | whatever index the test sets with [`TestCpus::run_on`] | by the test's discipline |
 //! | [`NoCpus`] | the safe `no_std` default | none: per-CPU caches are bypassed | trivially |
@@ -15,8 +15,10 @@
 //! line bouncing) and as an *owner* (a per-CPU charge stock, where the index must not be used
 //! by two contexts at once). The safety contract below is written for the stronger use.
 
+use core::ptr::NonNull;
+
 #[cfg(all(feature = "std", not(loom)))]
-pub use thread::{MAX_THREADS, ThreadCpus};
+pub use thread::{EXIT_HOOKS, MAX_THREADS, ThreadCpus};
 
 /// Tells chargetree which CPU-like execution context the caller runs on.
 ///
@@ -57,7 +59,78 @@ pub unsafe trait CpuProvider: Send + Sync + 'static {
     fn count(&self) -> usize;
     /// The caller's slot, or `None` to bypass per-CPU caches for this call.
     fn current(&self) -> Option<usize>;
+
+    /// Crate-internal (a provider whose contexts end: [`ThreadCpus`]). Asks the provider to
+    /// run `hook` in the context that holds `cpu` when that context gives `cpu` up (a thread
+    /// exits), before any other context can get `cpu`. `None`: the provider's contexts never
+    /// end (the default); `Some(false)`: it cannot take another hook for `cpu` now.
+    ///
+    /// # Safety
+    ///
+    /// Called by the context that holds `cpu`; `hook` stays valid until
+    /// [`CpuProvider::unwatch_exit`] for it has returned.
+    #[doc(hidden)]
+    unsafe fn watch_exit(&self, cpu: usize, hook: NonNull<SlotHook>) -> Option<bool> {
+        let _ = (cpu, hook);
+        None
+    }
+
+    /// Crate-internal: forgets `hook` for `cpu`, waiting while it runs.
+    ///
+    /// # Safety
+    ///
+    /// `hook` was passed to [`CpuProvider::watch_exit`] for `cpu` (or never was).
+    #[doc(hidden)]
+    unsafe fn unwatch_exit(&self, cpu: usize, hook: NonNull<SlotHook>) {
+        let _ = (cpu, hook);
+    }
 }
+
+/// Crate-internal: what a tree runs when a context that cached something for it goes away
+/// (see [`CpuProvider::watch_exit`]). Opaque; created only by the crate.
+#[doc(hidden)]
+pub struct SlotHook {
+    run: unsafe fn(*const (), usize),
+    data: *const (),
+}
+
+impl SlotHook {
+    /// A hook that calls `run(data, cpu)`.
+    #[cfg(feature = "alloc")]
+    pub(crate) const fn new(run: unsafe fn(*const (), usize), data: *const ()) -> Self {
+        Self { run, data }
+    }
+
+    /// Points the hook at its data (once it has an address).
+    #[cfg(feature = "alloc")]
+    pub(crate) fn set_data(&mut self, data: *const ()) {
+        self.data = data;
+    }
+
+    /// Runs the hook for `cpu`.
+    ///
+    /// # Safety
+    ///
+    /// As promised by `watch_exit`'s caller: the hook's data is alive, and the caller is the
+    /// context that held `cpu`, giving it up.
+    #[cfg_attr(not(all(feature = "std", not(loom))), allow(dead_code))]
+    unsafe fn run(&self, cpu: usize) {
+        // SAFETY: forwarded to the caller.
+        unsafe { (self.run)(self.data, cpu) }
+    }
+}
+
+impl core::fmt::Debug for SlotHook {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.pad("SlotHook { .. }")
+    }
+}
+
+// SAFETY: a hook is two words the crate sets up so that running it on the exiting thread is
+// sound (its data is `Sync` stock state, touched as the slot's owner).
+unsafe impl Send for SlotHook {}
+// SAFETY: see `Send`; `run` takes `&self` and touches only data meant for it.
+unsafe impl Sync for SlotHook {}
 
 /// The provider used when none is named: [`ThreadCpus`] with `std`, [`NoCpus`] without.
 #[cfg(all(feature = "std", not(loom)))]
@@ -86,9 +159,10 @@ unsafe impl CpuProvider for NoCpus {
 #[cfg(all(feature = "std", not(loom)))]
 mod thread {
     use core::cell::Cell;
+    use core::ptr::{self, NonNull};
 
-    use super::CpuProvider;
-    use crate::sync::atomic::{AtomicUsize, Ordering};
+    use super::{CpuProvider, SlotHook};
+    use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
     /// How many threads can hold an index at once, process-wide. Threads beyond it get
     /// `None` (they bypass per-CPU caches) until an index is freed by a thread exiting.
@@ -96,6 +170,35 @@ mod thread {
     const BITS: usize = usize::BITS as usize;
     const WORDS: usize = MAX_THREADS / BITS;
     const UNASSIGNED: usize = usize::MAX;
+    /// Set while a thread takes its first index: a nested call (a signal handler) that finds
+    /// it bypasses the caches instead of taking a second index the interrupted assignment
+    /// would then overwrite (and leak).
+    const ASSIGNING: usize = usize::MAX - 1;
+
+    /// How many trees a thread's index can carry exit hooks for at once (trees that cached
+    /// something on that thread and still exist). A thread that uses more trees than this at
+    /// once bypasses the stock of the others.
+    pub const EXIT_HOOKS: usize = 8;
+
+    /// Tag of a hook pointer while its hook runs (hooks are word-aligned).
+    const RUNNING: usize = 1;
+
+    /// Per index: the hooks of the trees whose stocks the thread holding the index uses;
+    /// run by that thread at exit, before it gives the index back. Lock-free and
+    /// allocation-free like `TAKEN` (only the rows of used indices are ever touched).
+    ///
+    /// Protocol X (exit vs a tree's drop), per entry:
+    ///
+    /// | step | exiting thread | dropping tree (`unwatch_exit`) |
+    /// |------|----------------|--------------------------------|
+    /// | 1 | CAS `hook → hook|RUNNING` (Acquire) | CAS `hook → null` (AcqRel); fails on `RUNNING` |
+    /// | 2 | run the hook (drain its own slot) | on failure: spin until the entry changes |
+    /// | 3 | store `null` (Release) | done: the hook is never run again |
+    ///
+    /// Only the owner of the index adds hooks (when a tree first caches for it), so an
+    /// exiting thread races only with trees forgetting theirs.
+    static HOOKS: [[AtomicPtr<SlotHook>; EXIT_HOOKS]; MAX_THREADS] =
+        [const { [const { AtomicPtr::new(ptr::null_mut()) }; EXIT_HOOKS] }; MAX_THREADS];
 
     /// Occupancy bitmap of thread indices. Lock-free and allocation-free, so taking an index
     /// from inside a global allocator is safe. This is the only process-wide state in the
@@ -109,6 +212,10 @@ mod thread {
         fn drop(&mut self) {
             let i = self.0.get();
             if i != UNASSIGNED {
+                // The trees that cached something for this thread get it back now (Linux
+                // drains a dead CPU's stock: `memcg_hotplug_cpu_dead`), while the index is
+                // still ours: their stock slot is ours to drain as its owner.
+                run_exit_hooks(i);
                 // The thread can still run thread-local destructors that charge: from here on
                 // it has no index.
                 let _ = INDEX.try_with(|c| c.set(UNASSIGNED));
@@ -135,12 +242,33 @@ mod thread {
         // Register the destructor first: if the thread is already tearing down its
         // thread-locals, do not take an index that could never be given back.
         let Ok(()) = RELEASE.try_with(|_| ()) else { return UNASSIGNED };
+        let _ = INDEX.try_with(|c| c.set(ASSIGNING));
         let i = take_index();
         if i != UNASSIGNED {
             let _ = RELEASE.try_with(|r| r.0.set(i));
-            let _ = INDEX.try_with(|c| c.set(i));
         }
+        let _ = INDEX.try_with(|c| c.set(i));
         i
+    }
+
+    /// Protocol X, exiting side: runs every hook registered for index `i`.
+    fn run_exit_hooks(i: usize) {
+        for entry in &HOOKS[i] {
+            // ORDERING: Acquire pairs with the Release CAS in `watch`: the hook's data is
+            // visible.
+            let p = entry.load(Ordering::Acquire);
+            let Some(hook) = NonNull::new(p) else { continue };
+            let running = hook.as_ptr().map_addr(|a| a | RUNNING);
+            // ORDERING: Acquire, as above; a failure means the tree just forgot the hook.
+            if entry.compare_exchange(p, running, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                // SAFETY: the entry held the hook, so its tree has not returned from
+                // `unwatch_exit` (which waits while RUNNING is set): the hook is valid; this
+                // thread holds index `i` and is giving it up.
+                unsafe { hook.as_ref().run(i) };
+                // ORDERING: Release pairs with the tree's Acquire load while it waits.
+                entry.store(ptr::null_mut(), Ordering::Release);
+            }
+        }
     }
 
     fn take_index() -> usize {
@@ -224,6 +352,36 @@ mod thread {
                 i = assign();
             }
             if i < self.count { Some(i) } else { None }
+        }
+
+        unsafe fn watch_exit(&self, cpu: usize, hook: NonNull<SlotHook>) -> Option<bool> {
+            let row = HOOKS.get(cpu)?;
+            let p = hook.as_ptr();
+            // ORDERING: Relaxed; only this thread (the index's owner) adds to its row.
+            if row.iter().any(|e| e.load(Ordering::Relaxed) == p) {
+                return Some(true);
+            }
+            // ORDERING: Release publishes the hook's data to `run_exit_hooks`.
+            Some(row.iter().any(|e| {
+                e.compare_exchange(ptr::null_mut(), p, Ordering::Release, Ordering::Relaxed).is_ok()
+            }))
+        }
+
+        unsafe fn unwatch_exit(&self, cpu: usize, hook: NonNull<SlotHook>) {
+            let Some(row) = HOOKS.get(cpu) else { return };
+            let p = hook.as_ptr();
+            let running = p.map_addr(|a| a | RUNNING);
+            for e in row {
+                loop {
+                    // ORDERING: AcqRel: Acquire (on success or while waiting) orders the end
+                    // of a run before the caller frees the hook.
+                    match e.compare_exchange(p, ptr::null_mut(), Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => break,
+                        Err(now) if now == running => crate::sync::yield_now(),
+                        Err(_) => break,
+                    }
+                }
+            }
         }
     }
 }

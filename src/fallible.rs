@@ -2,9 +2,10 @@
 //! so that a tenant created while memory is short gets an error (Linux's `mkdir` of a cgroup
 //! returns `ENOMEM`) and the process lives.
 
-use alloc::alloc::{Layout, alloc};
+use alloc::alloc::alloc;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::alloc::Layout;
 use core::ptr::NonNull;
 
 /// The allocator refused memory.

@@ -700,7 +700,7 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
         let oom = |_| GroupError::OutOfMemory;
         let shards = config.refcount_shards.unwrap_or_else(|| config.cpus.count().clamp(1, 16));
         let stocks = Stocks::try_new(config.cpus.count(), config.batch, config.unit_bytes).map_err(oom)?;
-        let inner = try_box(TreeInner {
+        let mut inner = try_box(TreeInner {
             cpus: config.cpus,
             epoch: Epoch::new(),
             shards,
@@ -729,6 +729,10 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
             forced: AtomicUsize::new(0),
         })
         .map_err(oom)?;
+        let provider = ptr::from_ref(&inner.cpus);
+        // SAFETY: the provider lives beside the stocks in the same allocation, which does not
+        // move from here on (leaked below, freed as a whole).
+        unsafe { inner.stocks.bind(provider) };
         let inner = NonNull::from(Box::leak(inner));
         // SAFETY: just allocated.
         let tree = unsafe { inner.as_ref() };
@@ -872,11 +876,17 @@ impl<P: CpuProvider, const K: usize> Drop for Tree<P, K> {
                 }
                 crate::sync::spin_loop();
             }
+            // Nothing is cached and nothing will be: the contexts' exit hooks can go.
+            self.inner().stocks.unwatch_exits();
+        } else {
+            // The heavy barrier failed (`membarrier` refused): the stocks cannot be taken
+            // from their owners safely, so they are left as they are, and so are the exit
+            // hooks that give them back when their threads exit. The tree's bookkeeping must
+            // then outlive every hook: it keeps one share for good (a leak of its memory,
+            // never a use-after-free).
+            // ORDERING: Relaxed, the Arc recipe (the handle's share is still held).
+            self.inner().owners.fetch_add(1, Ordering::Relaxed);
         }
-        // Else the heavy barrier failed (`membarrier` refused): the stocks cannot be taken
-        // from their owners safely, so they are left as they are. Their entries keep their
-        // groups (hence the tree's bookkeeping) allocated until each owner drains its own
-        // slot (a thread does when it exits) — a leak, never a use-after-free.
         // Take every group offline, children first (post-order = reverse pre-order). No
         // group can be created from here on, so the snapshot is complete.
         let groups = self.groups();

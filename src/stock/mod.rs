@@ -58,6 +58,11 @@
 //!   `refs ≤ 2 × OBJ_REF_BATCH` spares for objects); an empty one owns none and has
 //!   `refs == 0`. A drain takes the spares with the entry and puts them all at once.
 //! * S7: slots at or above `used` have no entry.
+//! * S8: a slot of a provider whose contexts end (`ThreadCpus`: threads exit) has an entry
+//!   only while the stocks' exit hook is registered for the context holding it, which runs
+//!   the hook when it gives the index up and drains the slot as its owner (Linux's
+//!   `memcg_hotplug_cpu_dead`); a context whose hook cannot be registered caches nothing.
+//!   The tree's drop forgets the hooks after its last drain (protocol X in `cpu.rs`).
 
 pub(crate) mod barrier;
 
@@ -66,7 +71,7 @@ use core::ptr::{self, NonNull};
 
 use arrayvec::ArrayVec;
 
-use crate::cpu::CpuProvider;
+use crate::cpu::{CpuProvider, SlotHook};
 use crate::fallible::{OutOfMemory, try_boxed_slice};
 use crate::group::node::Node;
 use crate::objgroup::ObjNode;
@@ -98,6 +103,9 @@ struct Owned<P: CpuProvider, const K: usize> {
     busy: AtomicUsize,
     /// Round-robin eviction cursor (the 2026 `drain_idx` fix for random eviction).
     next_victim: AtomicUsize,
+    /// Whether the stocks' exit hook is registered with the provider for the context that
+    /// holds this slot (see [`Stocks::ensure_exit_hook`]). Owner-written.
+    hooked: AtomicBool,
     groups: [AtomicPtr<Node<P, K>>; K],
     units: [AtomicUsize; K],
 }
@@ -151,9 +159,99 @@ pub(crate) struct Stocks<P: CpuProvider, const K: usize> {
     /// for a few slots, not for the provider's `count`). Raised before an owner enters to
     /// install (see [`Stocks::note_used`]).
     used: CachePadded<AtomicUsize>,
+    /// The tree's provider (it lives beside the stocks and as long), for exit hooks; set by
+    /// [`Stocks::bind`].
+    provider: *const P,
+    /// Run by a context that cached something here when it goes away (a thread's exit):
+    /// drains that context's slot. Its data is these stocks; set by [`Stocks::bind`].
+    exit_hook: SlotHook,
 }
 
 impl<P: CpuProvider, const K: usize> Stocks<P, K> {
+    /// Fixes the stocks' address for the exit hook and names the provider. Called once the
+    /// stocks are at their final address, before they are shared.
+    ///
+    /// # Safety
+    ///
+    /// `provider` outlives the stocks, and the stocks do not move after this.
+    pub(crate) unsafe fn bind(&mut self, provider: *const P) {
+        self.provider = provider;
+        let me = ptr::from_mut(self).cast_const().cast::<()>();
+        self.exit_hook.set_data(me);
+    }
+
+    /// The exit hook: the context that holds `cpu` goes away; give its entries back.
+    ///
+    /// # Safety
+    ///
+    /// `data` is a bound `Stocks<P, K>` that is alive (its tree unwatches before freeing it),
+    /// and the caller is the context that holds `cpu`, giving it up.
+    unsafe fn run_exit_hook(data: *const (), cpu: usize) {
+        // SAFETY: the caller's obligations.
+        let stocks = unsafe { &*data.cast::<Self>() };
+        stocks.drain_own(cpu);
+    }
+
+    /// Before an owner installs an entry in slot `s` (index `cpu`), inside its critical
+    /// section: makes sure the context will give it back when it goes away. `false`: the
+    /// provider cannot take the hook (the thread uses too many trees at once), so nothing
+    /// may be cached for this context.
+    #[inline]
+    fn ensure_exit_hook(&self, s: &CpuStock<P, K>, cpu: usize) -> bool {
+        // ORDERING: Relaxed; owner-only flag.
+        if s.owned.hooked.load(Ordering::Relaxed) {
+            return true;
+        }
+        // SAFETY: the provider lives as long as the stocks (`bind`); the caller holds `cpu`;
+        // the hook stays valid until `unwatch_exits` (the tree's drop) has returned for it.
+        match unsafe { (*self.provider).watch_exit(cpu, NonNull::from(&self.exit_hook)) } {
+            // A provider whose contexts never end: nothing to watch, nothing to ask again.
+            None | Some(true) => {
+                s.owned.hooked.store(true, Ordering::Relaxed);
+                true
+            }
+            Some(false) => false,
+        }
+    }
+
+    /// The tree is going away: forget the exit hooks of every slot (waiting for one that
+    /// runs). After the stocks were closed and drained: no new hook can be registered.
+    pub(crate) fn unwatch_exits(&self) {
+        // ORDERING: Relaxed; after `close`'s heavy barrier and the drains, no owner raises it.
+        let used = self.used.load(Ordering::Relaxed).min(self.cpus.len());
+        for cpu in 0..used {
+            // SAFETY: the provider lives as long as the stocks; the hook was registered (if
+            // at all) for these slots only.
+            unsafe { (*self.provider).unwatch_exit(cpu, NonNull::from(&self.exit_hook)) };
+        }
+    }
+
+    /// The owner of slot `cpu` drains it for good (it goes away): both stocks, retried while
+    /// a remote drain holds the slot (which would otherwise skip it, seeing us busy).
+    fn drain_own(&self, cpu: usize) {
+        let Some(s) = self.slot(Some(cpu)) else { return };
+        loop {
+            if self.enter_on(&s.obj.busy, &s.steal.objs) {
+                let taken = take_obj_if(s, |_| true);
+                Self::exit_on(&s.obj.busy);
+                give_back_obj(taken);
+                break;
+            }
+            crate::sync::spin_loop();
+        }
+        loop {
+            if self.enter(s) {
+                let taken = take_entries(s, |_| true);
+                // ORDERING: Relaxed; owner-only flag, the next holder of `cpu` registers anew.
+                s.owned.hooked.store(false, Ordering::Relaxed);
+                self.exit(s);
+                give_back(taken);
+                break;
+            }
+            crate::sync::spin_loop();
+        }
+    }
+
     /// `count` CPU slots with `batch` units per group at most. `batch == 0` disables stocks
     /// (every operation then misses: `n > 0 = batch`, and `n == 0` finds nothing to take).
     pub(crate) fn try_new(count: usize, batch: usize, unit_bytes: usize) -> Result<Self, OutOfMemory> {
@@ -162,6 +260,7 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
             owned: CachePadded::new(Owned {
                 busy: AtomicUsize::new(0),
                 next_victim: AtomicUsize::new(0),
+                hooked: AtomicBool::new(false),
                 groups: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
                 units: core::array::from_fn(|_| AtomicUsize::new(0)),
             }),
@@ -182,6 +281,8 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
             closed: AtomicBool::new(false),
             barrier_failures: AtomicUsize::new(0),
             used: CachePadded::new(AtomicUsize::new(0)),
+            provider: ptr::null(),
+            exit_hook: SlotHook::new(Self::run_exit_hook, ptr::null()),
         })
     }
 
@@ -349,8 +450,10 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
                 return;
             }
         };
-        // Checked inside the critical section, never before it: see `close`.
-        if self.is_closed() {
+        // Checked inside the critical section, never before it: see `close`. A context whose
+        // end could not be watched caches nothing either: nothing would drain it then.
+        let cpu_index = cpu.expect("a slot was found for it");
+        if self.is_closed() || !self.ensure_exit_hook(s, cpu_index) {
             self.exit(s);
             nref.counter.uncharge_counted(n);
             return;
@@ -635,8 +738,11 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         };
         // Checked inside the critical section, never before it: see `close`.
         // ORDERING: Relaxed; the stock is held (protocol S).
-        if self.is_closed() && s.obj.obj.load(Ordering::Relaxed) != obj.as_ptr() {
-            // The tree is being dropped: do not install a new entry nothing could drain.
+        if s.obj.obj.load(Ordering::Relaxed) != obj.as_ptr()
+            && (self.is_closed() || !self.ensure_exit_hook(s, cpu.expect("a slot was found for it")))
+        {
+            // The tree is being dropped (or this context's end cannot be watched): do not
+            // install a new entry nothing could drain.
             Self::exit_on(&s.obj.busy);
             return o.flush_bytes(bytes);
         }
@@ -836,7 +942,8 @@ fn cpus_is_empty_or_loom(count: usize) -> bool {
 }
 
 // SAFETY: the raw pointers in the entries each own a group reference (sendable like a
-// `Group`); all shared access goes through atomics under protocol S.
+// `Group`); all shared access goes through atomics under protocol S. `provider` points at the
+// tree's provider (`Send + Sync`), which lives beside the stocks.
 unsafe impl<P: CpuProvider, const K: usize> Send for Stocks<P, K> {}
 // SAFETY: see `Send`.
 unsafe impl<P: CpuProvider, const K: usize> Sync for Stocks<P, K> {}
