@@ -34,13 +34,15 @@
 //! |------|--------------------------|-------------------------|
 //! | 1 | `readers.fetch_add(1)` (SeqCst) | `get(parent)`; `old = group.swap(parent)` (SeqCst) |
 //! | 2 | `g = group.load()` (SeqCst) | (loom only: `fence(SeqCst)`) |
-//! | 3 | `get(g)`: a handle, legal because the `ObjGroup`'s reference on `g` cannot be put yet | wait until `readers == 0` (SeqCst loads) |
+//! | 3 | `get(g)`: a handle, legal because the `ObjGroup`'s reference on `g` cannot be put yet | wait until `readers == 0` (SeqCst loads), after releasing the topology flag, pinned |
 //! | 4 | `readers.fetch_sub(1)` (Release) | `put(old)` |
 //!
 //! Either the reader's load sees the parent, or the reparenter's wait sees the reader and
 //! waits for step 4; so `old` is never put while a reader may still be taking a handle on
 //! it. Reader sections are a handful of instructions (the long work happens on the handle,
-//! after step 4), so the wait is short.
+//! after step 4), so the wait is short; it happens outside the topology flag (the
+//! reparenter stays pinned, so the `ObjGroup`s it waits on are not freed meanwhile), so a
+//! reader preempted in its section delays only this offline, never other topology changes.
 //!
 //! # Objects and their references
 //!
@@ -202,9 +204,10 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
         self.current_group().id()
     }
 
-    /// Points this node at `parent` (protocol R, reparenter side). Returns the reference the
-    /// node held on its previous owner; the caller puts it. Caller holds the topology flag
-    /// and a reference on `parent`.
+    /// Points this node at `parent` (protocol R, reparenter side, step 1). Returns the
+    /// reference the node held on its previous owner; the caller puts it only after
+    /// [`ObjNode::wait_for_readers`] (step 3). Caller holds the topology flag and a reference
+    /// on `parent`.
     pub(crate) fn reparent(&self, parent: NonNull<Node<P, K>>) -> NonNull<Node<P, K>> {
         // SAFETY: the caller holds a reference on `parent`.
         let p = unsafe { parent.as_ref() };
@@ -212,13 +215,19 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
         // ORDERING: SeqCst, step 1 of protocol R (reparenter).
         let old = self.group.swap(parent.as_ptr(), Ordering::SeqCst);
         dekker_fence();
+        // SAFETY: a node's group pointer is never null.
+        unsafe { NonNull::new_unchecked(old) }
+    }
+
+    /// Step 3 of protocol R: waits until no reader that may have loaded the previous owner
+    /// is still taking a handle on it. Called after [`ObjNode::reparent`], without the
+    /// topology flag (a preempted reader must not stall every topology change).
+    pub(crate) fn wait_for_readers(&self) {
         // ORDERING: SeqCst loads, step 3 of protocol R: pairs with the reader's SeqCst
         // increment; the Acquire half orders the reader's work before our put.
         while self.readers.load(Ordering::SeqCst) != 0 {
             spin_loop();
         }
-        // SAFETY: a node's group pointer is never null.
-        unsafe { NonNull::new_unchecked(old) }
     }
 
     /// Parks `bytes` of already-charged remainder: whole units are uncharged from the

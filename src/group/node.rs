@@ -39,6 +39,13 @@ use crate::objgroup::ObjNode;
 use crate::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 use crate::sync::cell::UnsafeCell;
 
+/// How many reparented `ObjGroup`s an offline waits for outside the topology flag (the rest,
+/// if a group collected more, are waited for under it).
+const REPARENT_BATCH: usize = 32;
+
+/// The `ObjGroup`s an offline reparented and still has to wait for.
+type Reparented<P, const K: usize> = arrayvec::ArrayVec<NonNull<ObjNode<P, K>>, REPARENT_BATCH>;
+
 pub(crate) const ONLINE: u8 = 0;
 pub(crate) const OFFLINE: u8 = 1;
 
@@ -403,13 +410,17 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
 
     /// Points every `ObjGroup` on `this`'s list at `parent` and moves the list to the
     /// parent (Linux's `memcg_reparent_objcgs`). Returns how many references on `this` the
-    /// `ObjGroup`s gave up (the caller puts them after releasing the flag).
+    /// `ObjGroup`s gave up, and the `ObjGroup`s whose readers the caller still has to wait
+    /// for, after releasing the flag, before it puts those references (protocol R, step 3;
+    /// beyond [`REPARENT_BATCH`] of them, the rest are waited for here).
     ///
     /// # Safety
     ///
-    /// The topology flag is held; the caller holds references on `this` and `parent`.
-    unsafe fn reparent_objs(this: NonNull<Self>, parent: NonNull<Self>) -> usize {
+    /// The topology flag is held; the caller holds references on `this` and `parent`, and
+    /// is pinned (so that the returned `ObjGroup`s are not freed before it unpins).
+    unsafe fn reparent_objs(this: NonNull<Self>, parent: NonNull<Self>) -> (usize, Reparented<P, K>) {
         let mut moved = 0;
+        let mut pending = Reparented::new();
         // SAFETY: the flag is held (caller), so the lists are ours to walk and change; every
         // listed `ObjGroup` is alive (it unlinks under the flag before being freed).
         unsafe {
@@ -418,6 +429,9 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
             while let Some(obj) = NonNull::new(o) {
                 let old = obj.as_ref().reparent(parent);
                 debug_assert!(old == this, "an ObjGroup on a group's list points at that group");
+                if pending.try_push(obj).is_err() {
+                    obj.as_ref().wait_for_readers();
+                }
                 moved += 1;
                 tail = o;
                 o = obj.as_ref().next.with(|n| *n);
@@ -434,7 +448,7 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
                 (*this.as_ptr()).objgroups.with_mut(|h| *h = ptr::null_mut());
             }
         }
-        moved
+        (moved, pending)
     }
 
     /// Takes this node offline: refuses if it is the root,, already offline, or has online
@@ -446,7 +460,11 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
         let tree = node.tree();
         let Some(parent) = node.parent() else { return Err(GroupError::Root) };
         let moved;
+        let pending;
         let active;
+        // Pinned until the reparented `ObjGroup`s' readers are waited for below: none of
+        // them can be freed meanwhile (their frees go through the epoch).
+        let guard = tree.pin_internal();
         {
             let _topology = tree.topology.lock();
             // ORDERING: Relaxed; state changes only under the topology flag, which we hold.
@@ -469,10 +487,15 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
             parent.topo.with_mut(|t| unsafe { (*t).online_children -= 1 });
             // SAFETY: topology flag held; we hold a reference on this node, which holds one
             // on its parent.
-            moved = unsafe { Self::reparent_objs(this, node.parent.expect("not the root")) };
+            (moved, pending) = unsafe { Self::reparent_objs(this, node.parent.expect("not the root")) };
             // ORDERING: AcqRel; pairs with the Acquire load in `Group::obj_group`.
             active = node.active_obj.swap(ptr::null_mut(), Ordering::AcqRel);
         }
+        for obj in pending {
+            // SAFETY: reparented above; we are pinned since before, so it is not freed.
+            unsafe { obj.as_ref() }.wait_for_readers();
+        }
+        drop(guard);
         for _ in 0..moved {
             // SAFETY: each reparented `ObjGroup` handed us the reference it held on this
             // node; the caller's handle keeps the count above zero.

@@ -222,8 +222,16 @@ impl<P: CpuProvider, const K: usize> OwnerCell<P, K> {
     /// cell with a compare-exchange, then uncharges the old group and drops the cell's old
     /// reference. See the module docs for why no lock is needed.
     ///
-    /// Moving to the group the cell already points at succeeds and changes nothing.
+    /// Moving to the group the cell already points at succeeds and changes nothing. Pins the
+    /// tree's epoch: not for allocator paths.
     pub fn move_charge(&self, to: &Group<P, K>, amount: usize) -> Result<(), MoveError> {
+        if to.node().tree().identity() != self.tree {
+            return Err(MoveError::OtherTree);
+        }
+        // Pinned for the whole move: the group the cell points at when it is loaded below is
+        // not freed (hence its address not reused by another group) before the exchange,
+        // so comparing that pointer with `to`'s and exchanging it are not fooled by an ABA.
+        let _guard = to.node().tree().pin_internal();
         // ORDERING: Acquire, as in `load`. The pointer is only compared, never dereferenced,
         // until the exchange below has given us its reference.
         let from = self.ptr.load(Ordering::Acquire);
@@ -232,9 +240,6 @@ impl<P: CpuProvider, const K: usize> OwnerCell<P, K> {
         }
         if from == to.node_ptr().as_ptr() {
             return Ok(());
-        }
-        if to.node().tree().identity() != self.tree {
-            return Err(MoveError::OtherTree);
         }
         if !to.is_online() {
             return Err(MoveError::TargetOffline);

@@ -287,8 +287,9 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
     }
 
     /// Raises the high-water mark to cover slot `cpu`, before its owner enters to install an
-    /// entry. Visitors of `cpus[..used]` (drains, `is_drained`) load `used` after their
-    /// heavy barrier; the owner stores it before the light barrier in `enter_on`. That is
+    /// entry. Visitors of `cpus[..used]` that must see every entry (`is_drained`, the tree's
+    /// drop) load `used` after their heavy barrier (a remote drain loads it before: see
+    /// `drain_all`); the owner stores it before the light barrier in `enter_on`. That is
     /// the Dekker pair of protocol S (the same as `busy`), so a visitor that misses the
     /// raise is one whose barrier came first, and the owner then sees its `steal` or
     /// `closed`. Off the fast paths: only refills call it, and after the first time it is
@@ -384,8 +385,11 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         // writes of a finished drain are visible; the barrier above orders this load after
         // the `busy` store (protocol S, steps 2–4).
         if steal.load(Ordering::Acquire) {
-            // ORDERING: Relaxed is enough: nothing was touched.
-            busy.store(0, Ordering::Relaxed);
+            // ORDERING: Release, like `exit_on`'s: nothing was touched in this attempt, but a
+            // Relaxed store would end the release sequence of the previous `exit_on` (a later
+            // drainer reading this 0 would then not be ordered after that operation's entry
+            // writes). On x86 and Arm a Release store costs what a Relaxed one does.
+            busy.store(0, Ordering::Release);
             return false;
         }
         true
@@ -571,8 +575,13 @@ impl<P: CpuProvider, const K: usize> Stocks<P, K> {
         // Step 1: flag every slot that has an occupied entry (a racy pre-check: the pointers
         // are only compared with null here, never dereferenced).
         let mut flagged = false;
-        // Slots never used have no entry. Loaded before the heavy barrier: a slot used for
-        // the first time after this is one whose entries this drain may miss anyway.
+        // Slots never used have no entry. Loaded *before* the heavy barrier (unlike the
+        // visitors that must see every entry, `is_drained` and the tree's drop, which load it
+        // after theirs): this drain flags and visits only the slots that had been used when
+        // it started. A slot used for the first time after this installs its entries after
+        // the drain began, which a drain may miss anyway (as an entry installed on a flagged
+        // slot after the steal). Offline and teardown, which need every entry, drain after the
+        // group (or the stocks) stopped taking new ones.
         let slots = self.used_slots();
         for s in slots {
             // ORDERING: Relaxed; a hint. A slot filled after this check keeps its units.
