@@ -27,7 +27,7 @@
 //! on the tree (group creation, offline, [`Tree::reclaim`](crate::group::Tree::reclaim),
 //! `Tree::pin`, dropping the tree).
 
-use alloc::boxed::Box;
+use alloc_crate::boxed::Box;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr;

@@ -2,9 +2,9 @@
 //! so that a tenant created while memory is short gets an error (Linux's `mkdir` of a cgroup
 //! returns `ENOMEM`) and the process lives.
 
-use alloc::alloc::alloc;
-use alloc::boxed::Box;
-use alloc::vec::Vec;
+use alloc_crate::alloc::alloc;
+use alloc_crate::boxed::Box;
+use alloc_crate::vec::Vec;
 use core::alloc::Layout;
 use core::ptr::NonNull;
 
@@ -45,5 +45,5 @@ pub(crate) fn try_box_str(s: &str) -> Result<Box<str>, OutOfMemory> {
     v.extend_from_slice(s.as_bytes());
     let bytes = v.into_boxed_slice();
     // SAFETY: a copy of the bytes of a `str`, so valid UTF-8.
-    Ok(unsafe { alloc::str::from_boxed_utf8_unchecked(bytes) })
+    Ok(unsafe { alloc_crate::str::from_boxed_utf8_unchecked(bytes) })
 }

@@ -89,7 +89,7 @@
 
 #[cfg(any(feature = "alloc", test))]
 #[allow(unused_extern_crates)] // used by the heap-backed parts and the model
-extern crate alloc;
+extern crate alloc as alloc_crate;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 

@@ -3,7 +3,7 @@
 //! targets run random operations on the real counters and on this model and compare every
 //! observable after each step. Not covered by semver.
 
-use alloc::vec::Vec;
+use alloc_crate::vec::Vec;
 
 use crate::counter::{COUNTER_MAX, LimitError};
 

@@ -76,7 +76,7 @@
 //! assert_eq!(objs.ref_count(), 2); // the handle and the group's own
 //! ```
 
-use alloc::boxed::Box;
+use alloc_crate::boxed::Box;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};

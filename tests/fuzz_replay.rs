@@ -13,7 +13,7 @@
 //! `crate::model`; in the fuzz package that is `chargetree::model` re-exported), with the two
 //! items it takes from the library's `counter` module re-exported below.
 
-extern crate alloc;
+extern crate alloc as alloc_crate;
 
 use std::fs;
 use std::panic::{self, AssertUnwindSafe};

@@ -359,7 +359,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
             if let Some(e) = refused {
                 drop(_topology);
                 // SAFETY: never linked or shared; allocated by `Node::alloc`.
-                drop(unsafe { alloc::boxed::Box::from_raw(child.as_ptr()) });
+                drop(unsafe { alloc_crate::boxed::Box::from_raw(child.as_ptr()) });
                 return Err(e);
             }
             // Ids are taken under the flag and only by creations that succeed: the groups of
@@ -525,8 +525,8 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
 
     /// The children, each as a handle (allocates a `Vec`).
     #[must_use]
-    pub fn children(&self) -> alloc::vec::Vec<Group<P, K>> {
-        let mut out = alloc::vec::Vec::new();
+    pub fn children(&self) -> alloc_crate::vec::Vec<Group<P, K>> {
+        let mut out = alloc_crate::vec::Vec::new();
         let mut c = self.first_child();
         while let Some(g) = c {
             c = g.next_sibling();

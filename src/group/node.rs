@@ -25,7 +25,7 @@
 //! node stays linked until it is *freed*, so a walker that holds a reference on a node can
 //! always find that node's siblings and children under the flag.
 
-use alloc::boxed::Box;
+use alloc_crate::boxed::Box;
 use core::ptr::{self, NonNull};
 
 use super::events::{Event, Events};

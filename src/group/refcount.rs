@@ -43,7 +43,7 @@
 //! `Release` decrement made on that shard (an RMW continues the release sequence) and releases
 //! them onwards through `central`, whose final decrement the freeing thread acquires.
 
-use alloc::boxed::Box;
+use alloc_crate::boxed::Box;
 
 use crate::fallible::{OutOfMemory, try_boxed_slice};
 

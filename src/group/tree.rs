@@ -1,8 +1,8 @@
 //! The tree (domain): owns the root group, the configuration, the CPU provider and the epoch
 //! collector. No globals: two trees in one process share nothing.
 
-use alloc::boxed::Box;
-use alloc::vec::Vec;
+use alloc_crate::boxed::Box;
+use alloc_crate::vec::Vec;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
@@ -667,14 +667,14 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
     /// # Panics
     ///
     /// If the root spec's limits are above [`COUNTER_MAX`](crate::COUNTER_MAX); calls
-    /// [`handle_alloc_error`](alloc::alloc::handle_alloc_error) if the allocator refuses
+    /// [`handle_alloc_error`](alloc_crate::alloc::handle_alloc_error) if the allocator refuses
     /// memory. [`Tree::try_with_config`] returns both as errors.
     #[must_use]
     pub fn with_config(config: TreeConfig<P, K>) -> Self {
         match Self::try_with_config(config) {
             Ok(tree) => tree,
             Err(GroupError::OutOfMemory) => {
-                alloc::alloc::handle_alloc_error(core::alloc::Layout::new::<TreeInner<P, K>>())
+                alloc_crate::alloc::handle_alloc_error(core::alloc::Layout::new::<TreeInner<P, K>>())
             }
             Err(e) => panic!("chargetree: invalid root spec: {e}"),
         }

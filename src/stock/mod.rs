@@ -66,7 +66,7 @@
 
 pub(crate) mod barrier;
 
-use alloc::boxed::Box;
+use alloc_crate::boxed::Box;
 use core::ptr::{self, NonNull};
 
 use arrayvec::ArrayVec;

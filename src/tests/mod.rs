@@ -12,8 +12,8 @@ mod loom_stock;
 #[cfg(not(loom))]
 mod properties;
 
-use alloc::boxed::Box;
-use alloc::vec::Vec;
+use alloc_crate::boxed::Box;
+use alloc_crate::vec::Vec;
 
 use crate::counter::Counter;
 

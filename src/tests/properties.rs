@@ -1,7 +1,7 @@
 //! Random operation sequences on random trees, compared with the sequential model after
 //! every step (arc-swap's `tests/random.rs`, sharded-slab's `properties.rs`).
 
-use alloc::vec::Vec;
+use alloc_crate::vec::Vec;
 
 use proptest::prelude::*;
 
