@@ -110,6 +110,8 @@ mod fallible;
 mod padded;
 mod sync;
 
+#[cfg(feature = "alloc")]
+pub mod alloc;
 pub mod counter;
 pub mod cpu;
 #[cfg(feature = "alloc")]

@@ -45,6 +45,8 @@
 //! included, under a global allocator that counts re-entries.
 
 mod events;
+#[cfg(not(loom))]
+mod lazy;
 pub(crate) mod node;
 mod orphans;
 mod owner;
@@ -55,6 +57,8 @@ pub use crate::engine::{
     ChargeFailure, ChargeOptions, Charged, DEFAULT_RETRIES, OverHigh, ReclaimWalk, Reclaimer,
 };
 pub use events::{Event, EventCounts};
+#[cfg(not(loom))]
+pub use lazy::LazyTree;
 pub use orphans::reclaim_orphans;
 pub use owner::{MoveError, OwnerCell};
 pub use tree::{MAX_REFCOUNT_SHARDS, MAX_RETRIES, Observer, Tree, TreeConfig, TreeStats};
