@@ -6,6 +6,10 @@ source "$(dirname "$0")/common.sh"
 # with the example configuration file.
 cargo run --release --example demo -- --seconds 2
 cargo run --release --example demo -- --seconds 2 --config examples/demo.conf
+# Its --help prints the configuration format, and its unit tests check that the help's example
+# parses and that the help names every key the parser takes.
+cargo run --release --example demo -- --help > /dev/null
+cargo test --release --example demo
 cargo run --release --example allocator
 cargo run --release --example hypervisor
 cargo run --release --example firmware

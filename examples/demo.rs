@@ -48,7 +48,9 @@
 //! One declaration per line; `#` starts a comment; amounts are written as cgroup files
 //! take them (`4096`, `512K`, `64M`, `1G`, `max`) and parsed with
 //! `chargetree::counter::parse_amount` into 4 KiB pages. `examples/demo.conf` is an example;
-//! the built-in setup (`DEFAULT_CONFIG` below) is written in the same format.
+//! the built-in setup (`DEFAULT_CONFIG` below) is written in the same format, and `--help`
+//! prints it too (`config_help` below; the tests check that its example parses and that it
+//! names every key the parser takes: `cargo test --example demo`).
 //!
 //! ```text
 //! root  [name=<name>] [max=<amount>] [high=<amount>]
@@ -120,13 +122,63 @@ group leak     parent=tenant-b max=16M workload=leaky rate=2
 const USAGE: &str = "\
 usage: demo [--seconds N] [--config FILE] [--plain]
 
-A multi-tenant machine charged by several threads, shown live (see the header of
-examples/demo.rs for the configuration format).
+A machine shared by tenants whose workloads charge and free memory on their own threads,
+shown live; at the end every usage is checked to be back at 0.
 
-  --seconds N    run for N seconds (default 3; decimals allowed)
-  --config FILE  read the groups from FILE instead of the built-in setup
+  --seconds N    run for N seconds (default 3; decimals allowed; at most 3600)
+  --config FILE  read the tree from FILE instead of the built-in setup (format below)
   --plain        print plain periodic lines even on a terminal
   -h, --help     this text";
+
+/// The keys `parse_config` takes on a `root` line and on a `group` line (its error messages
+/// list them; the help names each).
+const ROOT_KEYS: [&str; 3] = ["name", "max", "high"];
+const GROUP_KEYS: [&str; 9] = ["parent", "max", "high", "min", "low", "workload", "rate", "size", "offline"];
+
+/// The example `--help` ends with: every key of both lines and every workload.
+const HELP_EXAMPLE: &str = "  root  name=host max=96M high=88M
+  group shop     parent=host max=64M high=56M min=16M low=32M
+  group shop-db  parent=shop min=16M workload=steady rate=4 size=24M
+  group shop-web parent=shop workload=bursty rate=8 size=32M offline=50%
+  group leak     parent=host max=8M workload=leaky rate=2
+";
+
+/// The configuration format, as `--help` prints it after `USAGE` (what `parse_config`
+/// accepts; the tests hold the two together).
+fn config_help() -> String {
+    format!(
+        "\
+Configuration file (--config FILE): one declaration per line; `#` starts a comment.
+
+  root  [name=NAME] [max=AMOUNT] [high=AMOUNT]
+  group NAME parent=NAME [max=AMOUNT] [high=AMOUNT] [min=AMOUNT] [low=AMOUNT]
+        [workload=steady|bursty|leaky] [rate=1..1000] [size=AMOUNT] [offline=1..99%]
+
+  root       the machine: at most once, before any group (default name `machine`, no limit)
+  group      a group under `parent`, which is the root or a group declared above
+  NAME       1 to 16 letters, digits, `-`, `_` or `.`; names are unique
+  AMOUNT     bytes with an optional K, M or G suffix (4096, 512K, 64M, 1G), or `max`;
+             counted in {kib} KiB pages
+  max, high  the hard limit; the level above which the group reclaims its own excess
+  min, low   hard and soft protection from reclaim, effective only as far as the
+             parent's own protection reaches (so a protected group's parent declares some)
+  workload   gives a leaf group a thread: `steady` keeps a working set of `size`, `bursty`
+             bursts to `size` and drops back, `leaky` never frees until a charge is refused
+  rate       allocations per millisecond (default 4)
+  size       the working set (default: 3/4 of the group's high or max, else 16M; `leaky`
+             ignores it)
+  offline    takes the leaf group offline after that share of the run
+
+Each key at most once per line; `rate` and `size` need a `workload`; groups with a workload
+or an `offline` have no children; at least one group has a workload; at most {MAX_GROUPS} groups,
+the root included.
+
+Example (examples/demo.conf is a longer one):
+
+{HELP_EXAMPLE}",
+        kib = PAGE / 1024,
+    )
+}
 
 type G = Group<DefaultCpus, STOCK_SLOTS>;
 type O = ObjGroup<DefaultCpus, STOCK_SLOTS>;
@@ -298,14 +350,11 @@ fn parse_config(text: &str) -> Result<Vec<GroupConf>, ConfigError> {
                         return err(line, format!("`offline={value}`: expected a percentage from 1% to 99%"));
                     }
                 },
-                ("root", _) => return err(line, format!("unknown key `{key}` for `root` (name, max, high)")),
+                ("root", _) => {
+                    return err(line, format!("unknown key `{key}` for `root` ({})", ROOT_KEYS.join(", ")));
+                }
                 _ => {
-                    return err(
-                        line,
-                        format!(
-                            "unknown key `{key}` (parent, max, high, min, low, workload, rate, size, offline)"
-                        ),
-                    );
+                    return err(line, format!("unknown key `{key}` ({})", GROUP_KEYS.join(", ")));
                 }
             }
         }
@@ -978,7 +1027,7 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(Some(args)) => args,
         Ok(None) => {
-            println!("{USAGE}");
+            println!("{USAGE}\n\n{}", config_help());
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -999,7 +1048,7 @@ fn main() -> ExitCode {
     let confs = match parse_config(&text) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("demo: {source}:{}: {}", e.line, e.message);
+            eprintln!("demo: {source}:{}: {}\n(`--help` describes the format)", e.line, e.message);
             return ExitCode::from(2);
         }
     };
@@ -1341,4 +1390,82 @@ fn print_summary(rows: &[Row]) {
          reclaimed = cache dropped\n by the reclaimer from the group's objects; restarts = a leaky workload \
          was refused and freed everything)"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests (`cargo test --example demo`): the help stays true to the parser.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keys a grammar line of the help names, as `key=`.
+    fn grammar_keys(help: &str, kind: &str) -> Vec<String> {
+        let mut lines = help.lines().skip_while(|l| !l.trim_start().starts_with(kind));
+        let mut text = lines.next().expect("grammar line").to_owned();
+        // A `group` grammar line continues on the indented line below it.
+        if kind == "group " {
+            text.push_str(lines.next().expect("continuation"));
+        }
+        text.split(['[', ']', ' ']).filter_map(|w| w.split_once('=').map(|(k, _)| k.to_owned())).collect()
+    }
+
+    #[test]
+    fn the_help_example_parses_and_uses_every_key() {
+        let groups = parse_config(HELP_EXAMPLE).unwrap_or_else(|e| panic!("line {}: {}", e.line, e.message));
+        assert_eq!(groups.len(), 5);
+        assert_eq!(groups[0].name, "host");
+        let words: Vec<(&str, &str)> = HELP_EXAMPLE
+            .lines()
+            .flat_map(|l| {
+                let kind = l.split_whitespace().next().unwrap_or("");
+                l.split_whitespace().filter_map(move |w| w.split_once('=').map(|(k, _)| (kind, k)))
+            })
+            .collect();
+        for key in ROOT_KEYS {
+            assert!(words.contains(&("root", key)), "the example's root line lacks `{key}=`");
+        }
+        for key in GROUP_KEYS {
+            assert!(words.contains(&("group", key)), "no group line of the example has `{key}=`");
+        }
+        for w in ["workload=steady", "workload=bursty", "workload=leaky"] {
+            assert!(HELP_EXAMPLE.contains(w), "the example has no `{w}`");
+        }
+        assert!(config_help().ends_with(HELP_EXAMPLE));
+    }
+
+    #[test]
+    fn the_help_grammar_names_exactly_the_parser_keys() {
+        let help = config_help();
+        assert_eq!(grammar_keys(&help, "root "), ROOT_KEYS);
+        assert_eq!(grammar_keys(&help, "group "), GROUP_KEYS);
+        // The described terms: the first column of the indented lines (`max, high  ...`).
+        let terms: Vec<&str> = help
+            .lines()
+            .filter(|l| l.starts_with("  "))
+            .flat_map(|l| l.trim_start().split("  ").next().unwrap_or("").split(", "))
+            .collect();
+        for key in ROOT_KEYS.iter().chain(&GROUP_KEYS).filter(|&&k| k != "name" && k != "parent") {
+            assert!(terms.contains(key), "the help does not describe `{key}`");
+        }
+        assert!(help.contains(&format!("at most {MAX_GROUPS} groups")));
+    }
+
+    #[test]
+    fn keys_outside_the_lists_are_refused() {
+        let e = parse_config("root maxx=1M\n").unwrap_err();
+        assert_eq!(e.message, "unknown key `maxx` for `root` (name, max, high)");
+        let e = parse_config("group a parent=machine maxx=1M workload=steady\n").unwrap_err();
+        assert!(e.message.starts_with("unknown key `maxx` (parent, max,"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_built_in_setup_and_the_example_file_parse() {
+        for (name, text) in [("built-in", DEFAULT_CONFIG), ("examples/demo.conf", include_str!("demo.conf"))]
+        {
+            if let Err(e) = parse_config(text) {
+                panic!("{name}:{}: {}", e.line, e.message);
+            }
+        }
+    }
 }
