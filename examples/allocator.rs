@@ -1,31 +1,32 @@
 //! A global allocator with per-tenant memory limits.
 //!
-//! Every allocation of this process goes through [`TenantAlloc`]: allocations made while a
-//! thread has entered a tenant are charged, in bytes, to that tenant's group (through its
-//! `ObjGroup` and the per-CPU object stock), and refused (null) when the group is at its
-//! limit, so `Vec::try_reserve` reports an error and the process carries on. Four tenants
-//! run a workload that builds, grows and drops large collections; one of them is greedy and
-//! keeps hitting its limit. One collection is charged to a group of its own through the
-//! `allocator_api2` allocator [`GroupAlloc`].
+//! Every allocation of this process goes through chargetree's [`TenantAlloc`]: allocations
+//! made while a thread has entered a tenant are charged, in bytes, to that tenant's group
+//! (through its `ObjGroup` and the per-CPU object stock), and refused (null) when the group
+//! is at its limit, so `Vec::try_reserve` reports an error and the process carries on. Four
+//! tenants, in a tree that lives in a `static`, run a workload that builds, grows and drops
+//! large collections; one of them is greedy and keeps hitting its limit. One collection is
+//! charged to a group of its own through the `allocator_api2` allocator [`GroupAlloc`].
 //!
 //! At the end the example checks that the library never allocated inside `alloc` or
-//! `dealloc` (the allocator's re-entry counter is 0) and that every group is back to zero.
+//! `dealloc` (the allocator's count of nested calls is 0) and that every group is back to
+//! zero.
 //!
 //! Run it with `cargo run --release --example allocator`.
 
-#[path = "support/tenant_alloc.rs"]
-mod tenant_alloc;
-
+use std::alloc::System;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::thread;
 
+use chargetree::alloc::{self, GroupAlloc, TenantAlloc};
 use chargetree::counter::parse_amount;
-use chargetree::group::{Group, GroupSpec, Tree};
-use tenant_alloc::{GroupAlloc, TenantAlloc};
+use chargetree::group::{Group, GroupSpec, LazyTree, TreeConfig};
 
 #[global_allocator]
-static ALLOC: TenantAlloc = TenantAlloc;
+static ALLOC: TenantAlloc<System> = TenantAlloc::new(System);
+
+/// The tenants live for the process: their tree is a `static`, built on first use.
+static TREE: LazyTree = LazyTree::new(TreeConfig::new);
 
 /// Units are 4 KiB pages; `ObjGroup`s charge bytes and round to pages.
 fn pages(s: &str) -> usize {
@@ -84,7 +85,7 @@ fn print_group(name: &str, g: &Group) {
 }
 
 fn main() {
-    let tree = Tree::new();
+    let tree = &*TREE;
     let root = tree.root();
     // (name, max, high, greedy): gamma's `high` is low enough to be crossed, so its
     // allocations report it; greedy asks for far more than its limit.
@@ -107,9 +108,8 @@ fn main() {
             .iter()
             .enumerate()
             .map(|(i, (_, group, greedy))| {
-                let objgroup = group.obj_group().expect("the tree is alive");
                 s.spawn(move || {
-                    let _tenant = tenant_alloc::enter(&objgroup);
+                    let _tenant = alloc::enter_group(group).expect("the tree is alive");
                     workload(0x9e37_79b9 + i as u64, rounds, *greedy)
                 })
             })
@@ -144,26 +144,20 @@ fn main() {
         "",
         charged_vec.len()
     );
+    let stats = alloc::stats();
     println!(
-        "\nallocations charged {}, refused {}, over high {}, re-entries {}",
-        tenant_alloc::CHARGED.load(Ordering::Relaxed),
-        tenant_alloc::REFUSED.load(Ordering::Relaxed),
-        tenant_alloc::OVER_HIGH.load(Ordering::Relaxed),
-        tenant_alloc::REENTRIES.load(Ordering::Relaxed)
+        "\nallocations refused {}, over high {}, nested allocator calls {}",
+        stats.refused, stats.over_high, stats.nested
     );
 
     // The checks that make this example a test.
-    assert_eq!(
-        tenant_alloc::REENTRIES.load(Ordering::Relaxed),
-        0,
-        "the library allocated inside the allocator"
-    );
+    assert_eq!(stats.nested, 0, "the library allocated inside the allocator");
     let greedy = &tenants[3];
     assert!(refused[3] > 0, "the greedy tenant must have been refused");
     assert!(greedy.1.counter().failcnt() > 0);
     assert!(greedy.1.counter().peak() <= greedy.1.counter().max(), "a limit was exceeded");
     assert!(cache_refused && cache_usage <= cache.counter().max());
-    assert!(tenant_alloc::OVER_HIGH.load(Ordering::Relaxed) > 0, "gamma's high was crossed and reported");
+    assert!(stats.over_high > 0, "gamma's high was crossed and reported");
     assert!(tenants[2].1.events().high > 0);
     drop(charged_vec);
     for (_, g, _) in &tenants {

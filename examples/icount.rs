@@ -33,7 +33,20 @@ const CASES: &[&str] = &[
     "drain-all-16",
     "drain-all-256",
     "engine-at-limit",
+    "alloc16-inner",
+    "alloc16-passthrough",
+    "alloc16-tenant",
 ];
+
+/// The shipped accounting allocator, as the global allocator: the `alloc16-*` cases
+/// measure it (the other cases allocate only during setup).
+#[global_allocator]
+static ALLOC: chargetree::alloc::TenantAlloc<std::alloc::System> =
+    chargetree::alloc::TenantAlloc::new(std::alloc::System);
+
+fn box16() {
+    drop(black_box(Box::new([0u8; 16])));
+}
 
 /// A chain of counters `depth` deep (the last is the leaf), leaked for the process's life.
 fn counter_chain(depth: usize) -> &'static Counter<'static> {
@@ -150,6 +163,28 @@ fn main() {
                     };
                 }
                 black_box(tree.drain_all(&tree.root()));
+            }
+        }
+        "alloc16-inner" => {
+            // The inner allocator alone: the baseline of the two below.
+            let layout = std::alloc::Layout::new::<[u8; 16]>();
+            for _ in 0..n {
+                use std::alloc::GlobalAlloc;
+                // SAFETY: a non-zero layout, given back at once with the same layout.
+                unsafe { std::alloc::System.dealloc(black_box(std::alloc::System.alloc(layout)), layout) };
+            }
+        }
+        "alloc16-passthrough" => {
+            // Through the accounting allocator, outside any tenant (not charged).
+            for _ in 0..n {
+                box16();
+            }
+        }
+        "alloc16-tenant" => {
+            let g = group_chain(&tree, 2);
+            let _inside = chargetree::alloc::enter_group(&g).unwrap();
+            for _ in 0..n {
+                box16();
             }
         }
         "engine-at-limit" => {
