@@ -123,6 +123,8 @@ pub mod group;
 #[cfg(feature = "alloc")]
 pub mod objgroup;
 #[cfg(feature = "alloc")]
+mod reservation;
+#[cfg(feature = "alloc")]
 pub mod stock;
 
 #[cfg(any(test, feature = "model"))]
@@ -133,6 +135,8 @@ pub mod model;
 mod tests;
 
 pub use counter::{COUNTER_MAX, ChargeError, Counter};
+#[cfg(feature = "alloc")]
+pub use reservation::{Reservation, ShrinkError};
 
 /// Aborts the process: used where continuing would be unsound (a reference count about to
 /// wrap). Without `std`, a panic while panicking aborts (the trick of `bytes`' `abort()`).

@@ -56,6 +56,7 @@ pub(crate) mod tree;
 pub use crate::engine::{
     ChargeFailure, ChargeOptions, Charged, DEFAULT_RETRIES, OverHigh, ReclaimWalk, Reclaimer,
 };
+pub use crate::reservation::{Reservation, ShrinkError};
 pub use events::{Event, EventCounts};
 #[cfg(not(loom))]
 pub use lazy::LazyTree;
