@@ -12,6 +12,10 @@
 //! any feature, `src/model.rs` is included here by path as well (the interpreters name it
 //! `crate::model`; in the fuzz package that is `chargetree::model` re-exported), with the two
 //! items it takes from the library's `counter` module re-exported below.
+//!
+//! A repository test: `fuzz/` is a package of its own and not in the published crate, so
+//! `Cargo.toml` leaves this file out of the package too (`cargo package` says it ignores the
+//! test), and the packaged crate's `cargo test` runs everything else (`ci/package.sh`).
 
 extern crate alloc as alloc_crate;
 
