@@ -430,7 +430,7 @@ impl Observer for LifecycleObserver {
     }
     fn freed(&self, id: GroupId) {
         self.0.freed.fetch_add(1, Ordering::Relaxed);
-        self.0.last_freed.store(id.0, Ordering::Relaxed);
+        self.0.last_freed.store(id.index(), Ordering::Relaxed);
     }
 }
 
@@ -597,7 +597,7 @@ fn run<'s>(scope: &'s Scope<'s, '_>, tree: &'s Tree, lifecycle: &Lifecycle) {
     old.offline().unwrap();
     drop(old);
     tree.reclaim();
-    assert_eq!(lifecycle.last_freed.load(Ordering::Relaxed), old_id.0);
+    assert_eq!(lifecycle.last_freed.load(Ordering::Relaxed), old_id.index());
     println!(
         "   the old vm-g2 group went offline and was freed (observer: {} released, {} freed)\n",
         lifecycle.released.load(Ordering::Relaxed),
@@ -685,7 +685,7 @@ fn run<'s>(scope: &'s Scope<'s, '_>, tree: &'s Tree, lifecycle: &Lifecycle) {
     tree.reclaim();
     let stats = tree.stats();
     assert_eq!(stats.dying(), 0);
-    assert_eq!(lifecycle.last_freed.load(Ordering::Relaxed), a2_id.0, "the observer saw it freed");
+    assert_eq!(lifecycle.last_freed.load(Ordering::Relaxed), a2_id.index(), "the observer saw it freed");
     println!(
         "   its vCPUs freed its frames and exited: the last references went with them, the group is freed"
     );

@@ -31,7 +31,7 @@ struct Watch(Arc<Counts>);
 
 impl Observer for Watch {
     fn released(&self, id: GroupId) {
-        match self.0.released.get(id.0) {
+        match self.0.released.get(id.index()) {
             Some(c) => {
                 c.fetch_add(1, Ordering::Relaxed);
             }
@@ -41,7 +41,7 @@ impl Observer for Watch {
         }
     }
     fn freed(&self, id: GroupId) {
-        if let Some(c) = self.0.freed.get(id.0) {
+        if let Some(c) = self.0.freed.get(id.index()) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -52,10 +52,13 @@
 use core::fmt;
 use core::ptr::NonNull;
 
-use crate::counter::{COUNTER_MAX, ChargeError, LimitError};
+use crate::counter::{COUNTER_MAX, ChargeError, LimitError, Underflow};
 use crate::cpu::CpuProvider;
+use crate::cpu::DefaultCpus;
+use crate::group::name::{Amount, GroupName};
 use crate::group::node::Node;
 use crate::group::{Event, Group, GroupId, Tree};
+use crate::stock::STOCK_SLOTS;
 
 /// Linux's `MAX_RECLAIM_RETRIES`.
 pub const DEFAULT_RETRIES: usize = 16;
@@ -68,12 +71,25 @@ pub const DEFAULT_RETRIES: usize = 16;
 ///
 /// It runs on the charging thread, in whatever context the charge was made: inside a global
 /// allocator it must not allocate. It may panic; the engine stays consistent.
-pub trait Reclaimer<P: CpuProvider, const K: usize>: Send + Sync {
+pub trait Reclaimer<P: CpuProvider = DefaultCpus, const K: usize = STOCK_SLOTS>: Send + Sync {
     /// Frees up to `amount` units charged to `group`'s subtree; returns the units freed.
     fn reclaim(&self, group: &Group<P, K>, amount: usize) -> usize;
 }
 
-/// How a charge may behave under pressure.
+/// How a charge may behave under pressure. Build it from [`ChargeOptions::DEFAULT`] with the
+/// methods (new options may be added):
+///
+/// ```
+/// use chargetree::group::{ChargeOptions, GroupSpec, Tree};
+///
+/// let tree = Tree::new();
+/// let g = tree.root().create_child(GroupSpec::new().max(10)).unwrap();
+/// // An interrupt-like context: never reclaim, never fail.
+/// let c = g.charge_with(20, ChargeOptions::DEFAULT.no_reclaim().no_fail()).unwrap();
+/// assert!(c.forced);
+/// g.uncharge(20);
+/// ```
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ChargeOptions {
     /// Never fail: after reclaim and retries, force the charge past the limit (counted).
@@ -108,6 +124,7 @@ impl ChargeOptions {
 }
 
 /// A group left above its `high` threshold by a charge.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OverHigh {
     /// The lowest group on the path that is above its `high`.
@@ -127,6 +144,7 @@ impl OverHigh {
 }
 
 /// A successful charge.
+#[non_exhaustive]
 #[must_use = "a charge can leave a group over its `high`; check `over_high`"]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Charged {
@@ -137,37 +155,98 @@ pub struct Charged {
 }
 
 /// Why a charge failed. Nothing stays charged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+///
+/// Owned and `'static` (`?` into `Box<dyn Error + Send + Sync>` works): it names the refusing
+/// group by id and, if it has one, by name (a [`GroupName`] holds a reference on the group,
+/// taken without allocating). `Display` writes the amounts for people, in units and, when the
+/// tree's units are bytes of some size, in binary sizes.
+///
+/// ```
+/// use chargetree::group::{ChargeFailure, GroupSpec, Tree};
+///
+/// let tree = Tree::new(); // units of 4 KiB
+/// let g = tree.root().create_child(GroupSpec::new().name("vm-1").max(256)).unwrap();
+/// let err = g.try_charge(300).unwrap_err();
+/// assert!(matches!(err, ChargeFailure::Limit { max: 256, .. }));
+/// assert_eq!(
+///     err.to_string(),
+///     "group #1 \"vm-1\" refused 300 units (1.2 MiB): max 256 units (1.0 MiB), usage 0 units (0 B)"
+/// );
+/// ```
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ChargeFailure {
     /// `group` (the charged group or an ancestor) stayed at its limit through reclaim,
     /// drain and retries.
+    #[non_exhaustive]
     Limit {
         /// The group whose limit refused.
         group: GroupId,
+        /// Its name, if it has one.
+        name: Option<GroupName>,
         /// Its limit.
         max: usize,
         /// Its usage at the last attempt.
         usage: usize,
         /// The amount asked for.
         requested: usize,
+        /// Bytes per unit of the tree (for display; 1 if units are not bytes of a size).
+        unit_bytes: usize,
     },
     /// The amount is above [`COUNTER_MAX`].
+    #[non_exhaustive]
     TooLarge {
         /// The amount asked for.
         requested: usize,
     },
     /// A no-fail charge would have put a counter above [`COUNTER_MAX`].
+    #[non_exhaustive]
     Overflow {
         /// The amount asked for.
         requested: usize,
     },
 }
 
+impl ChargeFailure {
+    /// The refusing group's id ([`ChargeFailure::Limit`]).
+    #[must_use]
+    pub fn group(&self) -> Option<GroupId> {
+        match self {
+            ChargeFailure::Limit { group, .. } => Some(*group),
+            _ => None,
+        }
+    }
+
+    /// The refusing group's name, if it has one ([`ChargeFailure::Limit`]).
+    #[must_use]
+    pub fn group_name(&self) -> Option<&GroupName> {
+        match self {
+            ChargeFailure::Limit { name, .. } => name.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The amount asked for.
+    #[must_use]
+    pub fn requested(&self) -> usize {
+        match self {
+            ChargeFailure::Limit { requested, .. }
+            | ChargeFailure::TooLarge { requested }
+            | ChargeFailure::Overflow { requested } => *requested,
+        }
+    }
+}
+
 impl fmt::Display for ChargeFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ChargeFailure::Limit { group, max, usage, requested } => {
-                write!(f, "group {group} is at its limit: max {max}, usage {usage}, asked {requested}")
+            ChargeFailure::Limit { group, name, max, usage, requested, unit_bytes } => {
+                let a = |units| Amount { units, unit_bytes: *unit_bytes };
+                write!(f, "group {group}")?;
+                if let Some(name) = name {
+                    write!(f, " {:?}", name.as_str())?;
+                }
+                write!(f, " refused {}: max {}, usage {}", a(*requested), a(*max), a(*usage))
             }
             ChargeFailure::TooLarge { requested } => {
                 write!(f, "amount {requested} is above the counter maximum {COUNTER_MAX}")
@@ -182,6 +261,7 @@ impl fmt::Display for ChargeFailure {
 impl core::error::Error for ChargeFailure {}
 
 /// What a [`Group::walk_reclaim`] did.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ReclaimWalk {
     /// Units the visitor reported freed.
@@ -243,6 +323,26 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
         }
     }
 
+    /// Uncharges `n` units from the counters directly (not into this CPU's stock), so that
+    /// an over-uncharge is reported at once, as [`Underflow`]: clamped and counted as in
+    /// [`Counter::try_uncharge`](crate::counter::Counter::try_uncharge), never asserted. (The
+    /// counters' usage includes units cached in stocks, so an uncharge of units this group's
+    /// objects never held but a stock caches is not seen as one.)
+    ///
+    /// ```
+    /// use chargetree::group::{GroupSpec, Tree};
+    ///
+    /// let tree = Tree::new();
+    /// let g = tree.root().create_child(GroupSpec::new().max(1000)).unwrap();
+    /// let _ = g.try_charge(100).unwrap(); // 100 charged, the rest of a batch cached
+    /// let _ = tree.drain_local();
+    /// assert!(g.try_uncharge(60).is_ok());
+    /// assert_eq!(g.try_uncharge(60).unwrap_err().forgiven, 20);
+    /// ```
+    pub fn try_uncharge(&self, n: usize) -> Result<(), Underflow> {
+        self.counter().try_uncharge(n)
+    }
+
     /// [`Group::uncharge`] for the library's own bookkeeping: clamps and counts an
     /// over-uncharge (a caller's earlier mistake) instead of asserting.
     #[inline]
@@ -286,7 +386,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
         let mut drained = false;
         let mut max_raised = false;
         let over: &Node<P, K> = loop {
-            let level = match node.counter.try_charge(batch) {
+            let level = match node.counter.try_charge_uncounted(batch) {
                 Ok(()) => {
                     if batch > n {
                         stocks.refill(cpu, self.node_ptr(), batch - n);
@@ -360,6 +460,9 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
             retries -= 1;
             let _ = progress;
         };
+        // One refused charge, however many attempts it took (its batch, the exact amount,
+        // every retry): counted once, where the last attempt was refused.
+        over.counter.count_failure();
         if options.no_fail {
             // Linux's `force:` label: a forced charge always raises `max` (once).
             if !max_raised {
@@ -381,6 +484,9 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
         }
         Err(ChargeFailure::Limit {
             group: over.id,
+            // SAFETY: this group or an ancestor, referenced through this handle.
+            name: unsafe { GroupName::of_node(self.stored_ptr_of(over)) },
+            unit_bytes: tree.unit_bytes,
             max: over.counter.max(),
             usage: over.counter.usage(),
             requested: n,
@@ -485,6 +591,17 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
 }
 
 impl<P: CpuProvider, const K: usize> Group<P, K> {
+    /// The pointer the tree stores for `node`, this group or one of its ancestors (found by
+    /// walking up; see `ancestor_ptr` for why the stored pointer matters).
+    fn stored_ptr_of(&self, node: &Node<P, K>) -> NonNull<Node<P, K>> {
+        let mut n = self.node_ptr();
+        while !core::ptr::eq(n.as_ptr(), node) {
+            // SAFETY: this handle keeps every ancestor referenced, hence alive.
+            n = unsafe { n.as_ref() }.parent.expect("`node` is on the path");
+        }
+        n
+    }
+
     /// The ancestor `level` parents up (0 = this group's node), as the pointer the tree
     /// stores (so a handle made from it may one day free the node through it).
     pub(crate) fn ancestor_ptr(&self, level: usize) -> NonNull<Node<P, K>> {

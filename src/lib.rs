@@ -78,7 +78,9 @@
 //!
 //! # Minimum supported Rust version
 //!
-//! 1.85 (edition 2024), checked in CI.
+//! 1.85 (edition 2024) for the library: CI checks that it builds, with all features, on 1.85
+//! (`cargo +1.85.0 check --lib --all-features`, `ci/msrv.sh`). The tests, benches and
+//! examples are built and run only with the stable toolchain CI uses, and may need it.
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]

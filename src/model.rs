@@ -146,11 +146,9 @@ impl Model {
         amount - left
     }
 
-    /// `set_max` with `Busy` below usage.
+    /// `set_max` with `Busy` below usage; `usize::MAX` means no limit.
     pub fn set_max(&mut self, i: usize, v: usize) -> Result<(), LimitError> {
-        if v > COUNTER_MAX {
-            return Err(LimitError::TooLarge { value: v });
-        }
+        let v = Self::value(v)?;
         let usage = self.nodes[i].usage;
         if usage > v {
             return Err(LimitError::Busy { usage, limit: v });
@@ -161,9 +159,7 @@ impl Model {
 
     /// Sets `high`, `min` or `low` (selected by `which`: 0, 1, 2).
     pub fn set_other(&mut self, i: usize, which: u8, v: usize) -> Result<(), LimitError> {
-        if v > COUNTER_MAX {
-            return Err(LimitError::TooLarge { value: v });
-        }
+        let v = Self::value(v)?;
         let n = &mut self.nodes[i];
         match which {
             0 => n.high = v,
@@ -171,6 +167,16 @@ impl Model {
             _ => n.low = v,
         }
         Ok(())
+    }
+
+    /// A setting as stored: `usize::MAX` is "max" (`COUNTER_MAX`), other values above it are
+    /// refused.
+    fn value(v: usize) -> Result<usize, LimitError> {
+        match v {
+            usize::MAX => Ok(COUNTER_MAX),
+            v if v > COUNTER_MAX => Err(LimitError::TooLarge { value: v }),
+            v => Ok(v),
+        }
     }
 
     /// Global peak reset.

@@ -800,7 +800,7 @@ fn rule_1_8_min_low_high_accept_values_above_max_and_each_other() {
 fn bad_input_settings_above_counter_max_are_too_large_and_change_nothing() {
     fixture(|fx| {
         let before = fx.snaps();
-        for value in [COUNTER_MAX + 1, usize::MAX / 2, usize::MAX] {
+        for value in [COUNTER_MAX + 1, usize::MAX / 2, usize::MAX - 1] {
             for node in fx.nodes() {
                 let expected = Err(LimitError::TooLarge { value });
                 assert_eq!(node.set_max(value), expected);
@@ -814,6 +814,25 @@ fn bad_input_settings_above_counter_max_are_too_large_and_change_nothing() {
         fx.assert_balanced(LOCALS);
         assert!(LimitError::TooLarge { value: usize::MAX }.to_string().contains("above the counter maximum"));
     });
+}
+
+/// `usize::MAX` is "no limit" for every setting (as cgroupfs accepts `max`): stored as
+/// `COUNTER_MAX`, never refused.
+#[test]
+fn usize_max_means_no_limit_for_every_setting() {
+    let root = Counter::new_root();
+    let c = Counter::new(Some(&root));
+    c.set_max(10).unwrap();
+    c.set_max(usize::MAX).unwrap();
+    assert_eq!(c.max(), COUNTER_MAX);
+    c.set_high(usize::MAX).unwrap();
+    c.set_min(usize::MAX).unwrap();
+    c.set_low(usize::MAX).unwrap();
+    assert_eq!((c.high(), c.min(), c.low()), (COUNTER_MAX, COUNTER_MAX, COUNTER_MAX));
+    assert_eq!(c.swap_max(usize::MAX), Ok(COUNTER_MAX));
+    c.try_charge(1 << 40).unwrap();
+    assert_eq!(root.children_min_usage(), 1 << 40, "protected up to COUNTER_MAX");
+    c.uncharge(1 << 40);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -170,8 +170,14 @@ fn child<P: CpuProvider>(parent: &Group<P>, name: &str) -> Group<P> {
     parent.create_child(GroupSpec::new().name(name)).unwrap()
 }
 
-fn stats(created: usize, offlined: usize, released: usize, freed: usize) -> TreeStats {
-    TreeStats { created, offlined, released, freed, ..TreeStats::default() }
+/// `(created, offlined, released, freed)`, to compare with [`lifecycle`].
+fn stats(created: usize, offlined: usize, released: usize, freed: usize) -> (usize, usize, usize, usize) {
+    (created, offlined, released, freed)
+}
+
+/// The lifecycle counts of a tree's stats.
+fn lifecycle(s: TreeStats) -> (usize, usize, usize, usize) {
+    (s.created, s.offlined, s.released, s.freed)
 }
 
 /// xorshift64*: deterministic, no dependencies.
@@ -214,7 +220,7 @@ fn root_is_online_named_and_has_no_parent() {
     assert!(root.parent().is_none());
     assert_eq!(root.counter().max(), COUNTER_MAX);
     assert_eq!(root.counter().usage(), 0);
-    assert_eq!(tree.stats(), stats(1, 0, 0, 0));
+    assert_eq!(lifecycle(tree.stats()), stats(1, 0, 0, 0));
     assert!(tree.root().ptr_eq(&root));
     assert_eq!(tree.root(), root);
     drop(root);
@@ -263,11 +269,11 @@ fn create_child_applies_names_unique_ids_and_spec_limits() {
     c.counter().uncharge(7);
     assert_eq!(root.counter().usage(), 0);
 
-    assert_eq!(tree.stats(), stats(4, 0, 0, 0));
+    assert_eq!(lifecycle(tree.stats()), stats(4, 0, 0, 0));
     // Ids keep growing: a later group never reuses one.
     let d = child(&b, "d");
     assert!(!ids.contains(&d.id()));
-    assert_eq!(format!("{}", GroupId(3)), "#3");
+    assert_eq!(format!("{}", GroupId::from_index(3)), "#3");
 }
 
 #[test]
@@ -288,7 +294,7 @@ fn create_child_refuses_limits_above_counter_max() {
         assert!(!err.to_string().is_empty());
     }
     // Nothing was created, linked or referenced.
-    assert_eq!(tree.stats(), stats(1, 0, 0, 0));
+    assert_eq!(lifecycle(tree.stats()), stats(1, 0, 0, 0));
     assert!(root.children().is_empty());
     assert_eq!(root.ref_count(), refs_before);
     assert_eq!(log.total(Ev::Released), 0);
@@ -358,7 +364,7 @@ fn offline_refusals_are_typed() {
     p.offline().unwrap();
     assert_eq!(p.offline(), Err(GroupError::Offline));
     assert_eq!(root.offline(), Err(GroupError::Root));
-    assert_eq!(tree.stats(), stats(4, 3, 0, 0));
+    assert_eq!(lifecycle(tree.stats()), stats(4, 3, 0, 0));
 
     for e in [
         GroupError::ParentOffline,
@@ -376,14 +382,14 @@ fn refused_creations_take_no_id() {
     let (tree, _log) = test_tree();
     let root = tree.root();
     let p = child(&root, "p");
-    assert_eq!(p.id(), GroupId(1));
+    assert_eq!(p.id(), GroupId::from_index(1));
     // A spec above COUNTER_MAX, then an offline parent: both refused.
     assert!(root.create_child(GroupSpec::new().max(COUNTER_MAX + 1)).is_err());
     p.offline().unwrap();
     assert_eq!(p.create_child(GroupSpec::new()), Err(GroupError::ParentOffline));
     // The next creation gets the next number: ids are 0..created, no holes.
     let q = child(&root, "q");
-    assert_eq!(q.id(), GroupId(2));
+    assert_eq!(q.id(), GroupId::from_index(2));
     assert_eq!(tree.stats().created, 3);
 }
 
@@ -427,7 +433,11 @@ fn racing_refused_creations_keep_ids_dense() {
     drop(tree);
     // Every id below `created` was a group (released and freed once), none above.
     for id in 0..created {
-        assert_eq!((log.released(GroupId(id)), log.freed(GroupId(id))), (1, 1), "id {id}");
+        assert_eq!(
+            (log.released(GroupId::from_index(id)), log.freed(GroupId::from_index(id))),
+            (1, 1),
+            "id {id}"
+        );
     }
     assert_eq!(log.total(Ev::Released), created);
     assert_eq!(log.total(Ev::Freed), created);
@@ -483,7 +493,7 @@ fn create_child_of_offline_parent_is_refused() {
     assert_eq!(p.create_child(GroupSpec::new().name("late")), Err(GroupError::ParentOffline));
     assert_eq!(p.ref_count(), refs, "the refused child holds no reference on its parent");
     assert!(p.children().is_empty());
-    assert_eq!(tree.stats(), stats(2, 1, 0, 0));
+    assert_eq!(lifecycle(tree.stats()), stats(2, 1, 0, 0));
     assert_eq!(log.total(Ev::Released), 0);
     // Its parent is freed normally afterwards.
     let id = p.id();
@@ -593,7 +603,7 @@ fn tryget_online_fails_after_offline_and_tryget_fails_once_released() {
     drop(guard);
     tree.reclaim();
     assert_eq!(log.freed(id), 1);
-    assert_eq!(tree.stats(), stats(2, 1, 1, 1));
+    assert_eq!(lifecycle(tree.stats()), stats(2, 1, 1, 1));
     log.check();
 }
 
@@ -616,7 +626,7 @@ fn groups_are_freed_exactly_once_and_never_while_reachable() {
     drop(p);
     tree.reclaim();
     // Still held by h2, by the cell and by its child.
-    assert_eq!(tree.stats(), stats(3, 2, 0, 0));
+    assert_eq!(lifecycle(tree.stats()), stats(3, 2, 0, 0));
     assert_eq!(log.released(pid), 0);
 
     drop(h2);
@@ -640,7 +650,7 @@ fn groups_are_freed_exactly_once_and_never_while_reachable() {
         log.position(Ev::Freed, gcid) < log.position(Ev::Released, pid),
         "the child's free drops its reference on the parent"
     );
-    assert_eq!(tree.stats(), stats(3, 2, 2, 2));
+    assert_eq!(lifecycle(tree.stats()), stats(3, 2, 2, 2));
     assert_eq!(tree.stats().dying(), 0);
     // Nothing else, and the root is still alive.
     assert_eq!(log.total(Ev::Freed), 2);
@@ -658,10 +668,10 @@ fn a_released_leaf_is_freed_by_one_reclaim() {
     drop(g);
     assert_eq!(log.released(id), 1, "released synchronously by the last drop");
     assert_eq!(log.freed(id), 0, "the last drop only queues");
-    assert_eq!(tree.stats(), stats(2, 1, 1, 0));
+    assert_eq!(lifecycle(tree.stats()), stats(2, 1, 1, 0));
     tree.reclaim();
     assert_eq!(log.freed(id), 1);
-    assert_eq!(tree.stats(), stats(2, 1, 1, 1));
+    assert_eq!(lifecycle(tree.stats()), stats(2, 1, 1, 1));
 }
 
 #[test]
@@ -687,7 +697,7 @@ fn parents_are_freed_after_their_children() {
     for id in ids {
         assert_eq!((log.released(id), log.freed(id)), (1, 1));
     }
-    assert_eq!(tree.stats(), stats(5, 4, 4, 4));
+    assert_eq!(lifecycle(tree.stats()), stats(5, 4, 4, 4));
     log.check();
 }
 
@@ -711,10 +721,10 @@ fn one_reclaim_frees_a_whole_released_chain() {
     for g in chain.drain(1..) {
         drop(g);
     }
-    assert_eq!(tree.stats(), stats(DEPTH + 1, DEPTH, 1, 0));
+    assert_eq!(lifecycle(tree.stats()), stats(DEPTH + 1, DEPTH, 1, 0));
     tree.reclaim();
     assert_eq!(
-        tree.stats(),
+        lifecycle(tree.stats()),
         stats(DEPTH + 1, DEPTH, DEPTH, DEPTH),
         "one quiescent reclaim frees every released group"
     );
@@ -734,12 +744,12 @@ fn dropping_the_tree_frees_the_root_and_the_bookkeeping() {
     c.offline().unwrap();
     drop((root, a, b, c));
     tree.reclaim();
-    assert_eq!(tree.stats(), stats(4, 1, 1, 1), "only c was offline and unreferenced");
+    assert_eq!(lifecycle(tree.stats()), stats(4, 1, 1, 1), "only c was offline and unreferenced");
     drop(tree);
     for id in ids {
         assert_eq!((log.released(id), log.freed(id)), (1, 1), "{id}");
     }
-    assert_eq!(log.freed_ids().last(), Some(&GroupId(0)), "the root is freed last");
+    assert_eq!(log.freed_ids().last(), Some(&GroupId::from_index(0)), "the root is freed last");
     assert_eq!(Arc::strong_count(&log), 1, "the tree's bookkeeping (and its observer) was freed");
     log.check();
 }
@@ -767,7 +777,7 @@ fn dropping_the_tree_offlines_every_group() {
     drop(a);
     reclaim_orphans();
     assert_eq!(log.freed(aid), 1);
-    assert_eq!(log.freed(GroupId(0)), 1);
+    assert_eq!(log.freed(GroupId::from_index(0)), 1);
     assert_eq!(Arc::strong_count(&log), 1);
     log.check();
 }
@@ -797,7 +807,7 @@ fn handles_that_outlive_the_tree_keep_working_and_are_freed_when_dropped() {
     drop(cell.take());
     reclaim_orphans();
     assert_eq!((log.released(id), log.freed(id)), (1, 1));
-    assert_eq!((log.released(GroupId(0)), log.freed(GroupId(0))), (1, 1));
+    assert_eq!((log.released(GroupId::from_index(0)), log.freed(GroupId::from_index(0))), (1, 1));
     assert_eq!(Arc::strong_count(&log), 1, "the bookkeeping went with the root");
     log.check();
 }
@@ -864,35 +874,35 @@ fn groups_handed_over_by_pin_on_an_idle_thread_are_freed_by_reclaim() {
 #[test]
 fn tree_stats_count_each_transition() {
     let (tree, log) = test_tree();
-    assert_eq!(tree.stats(), TreeStats { created: 1, ..TreeStats::default() });
+    assert_eq!(lifecycle(tree.stats()), stats(1, 0, 0, 0));
     let root = tree.root();
     let a = child(&root, "a");
     let b = child(&root, "b");
     let c = child(&b, "c");
-    assert_eq!(tree.stats(), stats(4, 0, 0, 0));
+    assert_eq!(lifecycle(tree.stats()), stats(4, 0, 0, 0));
     assert_eq!(tree.stats().dying(), 0);
 
     c.offline().unwrap();
     a.offline().unwrap();
-    assert_eq!(tree.stats(), stats(4, 2, 0, 0));
+    assert_eq!(lifecycle(tree.stats()), stats(4, 2, 0, 0));
     assert_eq!(tree.stats().dying(), 2);
     // Refused operations count nothing.
     let _ = a.offline();
     let _ = root.offline();
     let _ = b.create_child(GroupSpec::new().max(COUNTER_MAX + 1));
     let _ = a.create_child(GroupSpec::new());
-    assert_eq!(tree.stats(), stats(4, 2, 0, 0));
+    assert_eq!(lifecycle(tree.stats()), stats(4, 2, 0, 0));
 
     drop(a);
-    assert_eq!(tree.stats(), stats(4, 2, 1, 0));
+    assert_eq!(lifecycle(tree.stats()), stats(4, 2, 1, 0));
     assert_eq!(tree.stats().dying(), 1);
     tree.reclaim();
-    assert_eq!(tree.stats(), stats(4, 2, 1, 1));
+    assert_eq!(lifecycle(tree.stats()), stats(4, 2, 1, 1));
     drop(c);
     b.offline().unwrap();
     drop(b);
     settle(&tree);
-    assert_eq!(tree.stats(), stats(4, 3, 3, 3));
+    assert_eq!(lifecycle(tree.stats()), stats(4, 3, 3, 3));
     assert_eq!(tree.stats().dying(), 0);
     assert!(format!("{tree:?}").contains("created"));
     drop(root);
@@ -1218,7 +1228,7 @@ fn get_vs_concurrent_replace<P: CpuProvider>(tree: Tree<P>, log: Arc<Log>, imper
             let (tree, cell, done, log) = (&tree, &cell, &done, &log);
             s.spawn(move || {
                 run(t, &mut || {
-                    let mut last = GroupId(0);
+                    let mut last = GroupId::from_index(0);
                     let mut reads = 0;
                     while !done.load(Ordering::Acquire) || reads < 3 {
                         if cfg!(miri) {
@@ -1384,7 +1394,7 @@ fn move_charge_errors_are_typed_and_change_nothing() {
         MoveError::Empty,
         MoveError::TargetOffline,
         MoveError::OtherTree,
-        MoveError::Limit { group: GroupId(7), max: 1, usage: 2 },
+        MoveError::Limit { group: GroupId::from_index(7), max: 1, usage: 2 },
         MoveError::TooLarge,
         MoveError::Raced,
     ] {
@@ -1533,7 +1543,7 @@ fn move_vs_offline<P: CpuProvider>(tree: Tree<P>, log: Arc<Log>, impersonate: bo
     assert_eq!((t.counter().usage(), p.counter().usage(), root.counter().usage()), (0, 0, 0));
     assert_eq!(p.counter().underflows() + t.counter().underflows(), 0);
     let st = tree.stats();
-    assert_eq!(st, stats(4, 1, 1, 1));
+    assert_eq!(lifecycle(st), stats(4, 1, 1, 1));
     drop((root, p, t));
     drop(tree);
     assert_eq!(log.total(Ev::Freed), 4);
@@ -1570,21 +1580,22 @@ fn events_are_local_on_the_group_and_hierarchical_up_to_the_root() {
     leaf.raise_event(Event::Oom);
     b.raise_event(Event::High);
 
-    let ec = |low, high, max, oom| EventCounts { low, high, max, oom };
-    assert_eq!(leaf.events_local(), ec(0, 0, 2, 1));
-    assert_eq!(leaf.events(), ec(0, 0, 2, 1));
-    assert_eq!(b.events_local(), ec(0, 1, 0, 0));
-    assert_eq!(b.events(), ec(0, 1, 2, 1));
+    let ec = |low, high, max, oom| (low, high, max, oom);
+    let t = |e: EventCounts| (e.low, e.high, e.max, e.oom);
+    assert_eq!(t(leaf.events_local()), ec(0, 0, 2, 1));
+    assert_eq!(t(leaf.events()), ec(0, 0, 2, 1));
+    assert_eq!(t(b.events_local()), ec(0, 1, 0, 0));
+    assert_eq!(t(b.events()), ec(0, 1, 2, 1));
     for g in [&a, &root] {
-        assert_eq!(g.events_local(), EventCounts::default(), "{:?}", g.name());
-        assert_eq!(g.events(), ec(0, 1, 2, 1), "{:?}", g.name());
+        assert_eq!(t(g.events_local()), ec(0, 0, 0, 0), "{:?}", g.name());
+        assert_eq!(t(g.events()), ec(0, 1, 2, 1), "{:?}", g.name());
     }
-    assert_eq!(sibling.events(), EventCounts::default());
+    assert_eq!(t(sibling.events()), ec(0, 0, 0, 0));
 
     root.raise_event(Event::Low);
-    assert_eq!(root.events_local(), ec(1, 0, 0, 0));
-    assert_eq!(root.events(), ec(1, 1, 2, 1));
-    assert_eq!(a.events(), ec(0, 1, 2, 1), "not propagated downwards");
+    assert_eq!(t(root.events_local()), ec(1, 0, 0, 0));
+    assert_eq!(t(root.events()), ec(1, 1, 2, 1));
+    assert_eq!(t(a.events()), ec(0, 1, 2, 1), "not propagated downwards");
     assert_eq!(root.events().get(Event::Max), 2);
     let counts: Vec<usize> = Event::ALL.iter().map(|&e| root.events().get(e)).collect();
     assert_eq!(counts, [1, 1, 2, 1], "Event::ALL is low, high, max, oom");
@@ -1704,7 +1715,7 @@ fn released_groups_are_skipped_by_walks_until_freed() {
     drop(y);
     assert_eq!((log.released(x1id), log.released(yid)), (1, 1));
     tree.reclaim();
-    assert_eq!(tree.stats(), stats(6, 2, 2, 0), "released, not freed: still linked");
+    assert_eq!(lifecycle(tree.stats()), stats(6, 2, 2, 0), "released, not freed: still linked");
 
     assert_eq!(names(&root.children()), ["c", "x", "a"], "a released group is skipped");
     assert_eq!(c.next_sibling().unwrap(), x, "next_sibling skips it");

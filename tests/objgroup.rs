@@ -2052,7 +2052,7 @@ fn the_last_objgroups_of_a_dropped_tree_free_the_root() {
         drop(g);
         drop(tree); // offlines everything: every ObjGroup now points at the root
         for (i, o) in objs.iter().enumerate() {
-            assert_eq!(o.group().id(), GroupId(0), "depth {depth}: ObjGroup {i} reparented");
+            assert_eq!(o.group().id(), GroupId::from_index(0), "depth {depth}: ObjGroup {i} reparented");
             on(1, || o.uncharge_bytes(100));
         }
         drop(objs);

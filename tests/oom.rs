@@ -105,7 +105,7 @@ fn create_child_under_every_allocation_failure_leaves_nothing_behind() {
     );
     assert!(allocations >= 2, "the node, its name and its reference count allocate");
     assert_eq!(child.name(), Some("a tenant with a name"));
-    assert_eq!(child.id().0, before.created, "the next id: no refused creation took one");
+    assert_eq!(child.id().index(), before.created, "the next id: no refused creation took one");
     assert_eq!(tree.stats().created, before.created + 1);
     let _ = child.try_charge(10).unwrap();
     child.uncharge(10);

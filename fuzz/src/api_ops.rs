@@ -351,7 +351,17 @@ fn cpu(input: &mut Input<'_>, world: &Mutex<World>) -> usize {
 }
 
 fn options(b: u8) -> ChargeOptions {
-    ChargeOptions { no_fail: b & 1 != 0, no_reclaim: b & 2 != 0, no_retry: b & 4 != 0 }
+    let mut o = ChargeOptions::DEFAULT;
+    if b & 1 != 0 {
+        o = o.no_fail();
+    }
+    if b & 2 != 0 {
+        o = o.no_reclaim();
+    }
+    if b & 4 != 0 {
+        o = o.no_retry();
+    }
+    o
 }
 
 /// A held group, chosen by the input.
@@ -425,11 +435,15 @@ fn step(input: &mut Input<'_>, tree: &Tree<TestCpus, K>, world: &Mutex<World>) {
             let (usage, max) = (group.counter().usage(), group.counter().max());
             match r {
                 Ok(()) => {
+                    // `usize::MAX` is "no limit", stored as COUNTER_MAX.
+                    let v = if v == usize::MAX { COUNTER_MAX } else { v };
                     assert!(v <= COUNTER_MAX);
                     assert_eq!(max, v, "set_max({g}, {v}) installed");
                     assert!(usage <= v, "set_max({g}, {v}) below usage {usage}");
                 }
-                Err(LimitError::TooLarge { value }) => assert!(value == v && v > COUNTER_MAX),
+                Err(LimitError::TooLarge { value }) => {
+                    assert!(value == v && v > COUNTER_MAX && v != usize::MAX)
+                }
                 Err(LimitError::Busy { usage: u, limit }) => {
                     assert_eq!(limit, v);
                     assert_eq!(u, usage, "Busy reports the usage after draining");
@@ -449,7 +463,7 @@ fn step(input: &mut Input<'_>, tree: &Tree<TestCpus, K>, world: &Mutex<World>) {
                 _ => c.set_low(v),
             };
             let offline = !lock(world).online[g];
-            let expected = if v > COUNTER_MAX {
+            let expected = if v > COUNTER_MAX && v != usize::MAX {
                 Err(LimitError::TooLarge { value: v })
             } else if which != 0 && offline && !group.is_root() {
                 // An offline group's protection is revoked for good.
@@ -515,8 +529,8 @@ fn check_failure(
     let n = match asked {
         Asked::Units(n) | Asked::Bytes { units: n, .. } => n,
     };
-    match e {
-        ChargeFailure::Limit { group, max, usage, requested } => {
+    match &e {
+        &ChargeFailure::Limit { group, ref name, max, usage, requested, .. } => {
             assert!(!opts.no_fail, "a no-fail charge failed: {e:?}");
             assert_eq!(requested, n);
             // The failing group is `g` or an ancestor, and the report is what it holds.
@@ -529,6 +543,7 @@ fn check_failure(
                 over = x.parent();
             }
             let over = over.unwrap_or_else(|| panic!("{group} is not on the path of {}", g.id()));
+            assert_eq!(name.as_deref(), over.name(), "the failure names the group");
             assert_eq!(max, over.counter().max(), "{e:?}");
             assert_eq!(usage, over.counter().usage(), "{e:?}");
             let room_budget_spent = reclaims > lock(world).retries + 1;
@@ -537,7 +552,7 @@ fn check_failure(
                 "failed although {usage} + {n} <= {max}: {e:?}"
             );
         }
-        ChargeFailure::TooLarge { requested } => {
+        &ChargeFailure::TooLarge { requested, .. } => {
             let want = match asked {
                 Asked::Units(n) => n,
                 Asked::Bytes { bytes, .. } => bytes,
@@ -545,7 +560,7 @@ fn check_failure(
             assert_eq!(requested, want, "{asked:?}");
             assert!(n > COUNTER_MAX, "{e:?}");
         }
-        ChargeFailure::Overflow { requested } => {
+        &ChargeFailure::Overflow { requested, .. } => {
             assert_eq!(requested, n);
             assert!(opts.no_fail, "{e:?} without no_fail");
             // Some counter on the path could not take `n` more.
@@ -557,6 +572,7 @@ fn check_failure(
             }
             assert!(full, "{e:?} although every counter on the path has room");
         }
+        other => panic!("an unknown failure {other:?}"),
     }
 }
 
@@ -676,7 +692,7 @@ fn create_child(input: &mut Input<'_>, world: &Mutex<World>) {
     for (bit, value) in [(4, 0), (8, 1), (16, 2), (32, 3)] {
         if flags & bit != 0 {
             let v = input.limit();
-            bad |= v > COUNTER_MAX;
+            bad |= v > COUNTER_MAX && v != usize::MAX; // usize::MAX is "no limit"
             spec = match value {
                 0 => spec.max(v),
                 1 => spec.high(v),

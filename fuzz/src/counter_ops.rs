@@ -174,6 +174,8 @@ fn step<'f>(input: &mut Input<'_>, forest: &'f Forest, model: &mut Model, watche
             // `swap_max` installs even below usage.
             let (i, v) = (input.index(n), input.limit());
             let real = forest.get(i).swap_max(v);
+            // `usize::MAX` is "no limit", stored as COUNTER_MAX.
+            let v = if v == usize::MAX { COUNTER_MAX } else { v };
             if v > COUNTER_MAX {
                 assert_eq!(real, Err(LimitError::TooLarge { value: v }));
             } else {

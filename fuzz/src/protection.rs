@@ -175,6 +175,9 @@ fn tree(input: &mut Input<'_>) {
     for (i, m) in model.nodes.iter_mut().enumerate() {
         let (min, low) = (extreme(input), extreme(input));
         let c = nodes.get(i);
+        // `usize::MAX` means "max": stored as COUNTER_MAX.
+        let stored = |v: usize| if v == usize::MAX { COUNTER_MAX } else { v };
+        let (min, low) = (stored(min), stored(low));
         assert_eq!(c.set_min(min).is_ok(), min <= COUNTER_MAX);
         assert_eq!(c.set_low(low).is_ok(), low <= COUNTER_MAX);
         if min <= COUNTER_MAX {

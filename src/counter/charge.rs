@@ -75,9 +75,36 @@ impl<'p> Counter<'p> {
         if n == 0 {
             return Ok(());
         }
-        match self.charge_walk::<false>(n) {
+        match self.charge_walk::<false, true>(n) {
             Ok(()) => Ok(()),
             Err((at, level)) => Err(ChargeError::Limit { at, level }),
+        }
+    }
+
+    /// [`Counter::try_charge`] without counting a refusal in [`Counter::failcnt`]: for the
+    /// charge engine, whose batches and retries are attempts of one charge, counted once
+    /// with [`Counter::count_failure`] when it gives up.
+    #[cfg(feature = "alloc")]
+    #[inline]
+    pub(crate) fn try_charge_uncounted(&self, n: usize) -> Result<(), ChargeError<'_, 'p>> {
+        if n > COUNTER_MAX {
+            return Err(ChargeError::TooLarge { requested: n });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        match self.charge_walk::<false, false>(n) {
+            Ok(()) => Ok(()),
+            Err((at, level)) => Err(ChargeError::Limit { at, level }),
+        }
+    }
+
+    /// Counts one refused charge at this node (if it counts them).
+    #[cfg(feature = "alloc")]
+    pub(crate) fn count_failure(&self) {
+        if self.tracks_failcnt() {
+            // ORDERING: Relaxed; statistic.
+            self.track.failcnt.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -95,7 +122,7 @@ impl<'p> Counter<'p> {
         if n == 0 {
             return Ok(());
         }
-        self.charge_walk::<true>(n).map_err(|_| Overflow { requested: n })
+        self.charge_walk::<true, false>(n).map_err(|_| Overflow { requested: n })
     }
 
     /// Uncharges `n` from this node and every ancestor.
@@ -160,10 +187,13 @@ impl<'p> Counter<'p> {
     ///
     /// Precondition: `0 < n <= COUNTER_MAX`.
     #[inline(always)]
-    fn charge_walk<const FORCE: bool>(&self, n: usize) -> Result<(), (&Counter<'p>, usize)> {
+    fn charge_walk<const FORCE: bool, const COUNT: bool>(
+        &self,
+        n: usize,
+    ) -> Result<(), (&Counter<'p>, usize)> {
         // Pass 1, bottom-up and read-only: the lowest level that would refuse refuses now.
         if let Some(found) = self.lowest_refusing::<FORCE>(n, usize::MAX) {
-            return Err(self.refused::<FORCE>(found));
+            return Err(self.refused::<COUNT>(found));
         }
         // Pass 2, top-down: add and check each level (protocol L).
         match self.commit::<FORCE>(n, 0) {
@@ -172,15 +202,15 @@ impl<'p> Counter<'p> {
                 // A racing charge filled `level` after the pre-check. Report the lowest level
                 // that refuses now (ours are all rolled back), as the pre-check would have.
                 let lowest = self.lowest_refusing::<FORCE>(n, level);
-                Err(self.refused::<FORCE>(lowest.unwrap_or((self.ancestor(level), level))))
+                Err(self.refused::<COUNT>(lowest.unwrap_or((self.ancestor(level), level))))
             }
         }
     }
 
-    /// Counts a refusal at `found` (unless forced) and passes it on.
+    /// Counts a refusal at `found` (with `COUNT`) and passes it on.
     #[inline]
-    fn refused<'c, const FORCE: bool>(&self, found: (&'c Counter<'p>, usize)) -> (&'c Counter<'p>, usize) {
-        if !FORCE && found.0.tracks_failcnt() {
+    fn refused<'c, const COUNT: bool>(&self, found: (&'c Counter<'p>, usize)) -> (&'c Counter<'p>, usize) {
+        if COUNT && found.0.tracks_failcnt() {
             // ORDERING: Relaxed; statistic.
             found.0.track.failcnt.fetch_add(1, Ordering::Relaxed);
         }

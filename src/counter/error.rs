@@ -6,6 +6,10 @@ use core::fmt;
 use super::{COUNTER_MAX, Counter};
 
 /// Why [`Counter::try_charge`] failed. Nothing stays charged when it is returned.
+///
+/// It borrows the refusing counter; [`ChargeError::to_owned`] gives a `'static` copy of what
+/// it says (for `?` into `Box<dyn Error>`).
+#[non_exhaustive]
 #[derive(Clone, Copy)]
 pub enum ChargeError<'c, 'p> {
     /// The charge would have put `at` above its `max`. `at` is the lowest such node on the
@@ -33,7 +37,69 @@ impl ChargeError<'_, '_> {
             ChargeError::TooLarge { .. } => None,
         }
     }
+
+    /// What the error says, without the borrow: the refusing node's level, limit and usage
+    /// as read now.
+    ///
+    /// ```
+    /// use chargetree::counter::Counter;
+    ///
+    /// fn charge(c: &Counter<'_>) -> Result<(), Box<dyn std::error::Error>> {
+    ///     c.try_charge(10).map_err(|e| e.to_owned())?;
+    ///     Ok(())
+    /// }
+    /// let c = Counter::new_root();
+    /// c.set_max(5).unwrap();
+    /// assert!(charge(&c).unwrap_err().to_string().contains("max 5"));
+    /// ```
+    #[must_use]
+    pub fn to_owned(&self) -> OwnedChargeError {
+        match *self {
+            ChargeError::Limit { at, level } => {
+                OwnedChargeError::Limit { level, max: at.max(), usage: at.usage() }
+            }
+            ChargeError::TooLarge { requested } => OwnedChargeError::TooLarge { requested },
+        }
+    }
 }
+
+/// A [`ChargeError`] without its borrow ([`ChargeError::to_owned`]).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OwnedChargeError {
+    /// The node `level` parents up refused: its `max` and its `usage` when the error was
+    /// made owned.
+    #[non_exhaustive]
+    Limit {
+        /// How many parents up from the charged node the refusing one is.
+        level: usize,
+        /// Its limit.
+        max: usize,
+        /// Its usage.
+        usage: usize,
+    },
+    /// The amount is larger than [`COUNTER_MAX`].
+    #[non_exhaustive]
+    TooLarge {
+        /// The amount asked for.
+        requested: usize,
+    },
+}
+
+impl fmt::Display for OwnedChargeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OwnedChargeError::Limit { level, max, usage } => {
+                write!(f, "limit exceeded {level} level(s) up: max {max}, usage {usage}")
+            }
+            OwnedChargeError::TooLarge { requested } => {
+                write!(f, "amount {requested} is above the counter maximum {COUNTER_MAX}")
+            }
+        }
+    }
+}
+
+impl core::error::Error for OwnedChargeError {}
 
 impl fmt::Debug for ChargeError<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -101,6 +167,7 @@ impl fmt::Display for Underflow {
 }
 
 /// Why a limit or protection write failed. Nothing changed.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LimitError {
     /// Usage is above the requested limit (Linux's `-EBUSY` from `page_counter_set_max`), or

@@ -15,8 +15,9 @@ impl Counter<'_> {
     ///
     /// Returns [`LimitError::Busy`] if usage is above `limit` (nothing changes; the caller may
     /// reclaim or drain and try again), or if chargers kept growing the usage through
-    /// [`SET_MAX_RETRIES`] attempts to install a lower limit. Returns
-    /// [`LimitError::TooLarge`] for `limit > COUNTER_MAX`. Once it returns `Ok`, no
+    /// [`SET_MAX_RETRIES`] attempts to install a lower limit. `usize::MAX` (or
+    /// [`COUNTER_MAX`]) means no limit; any other `limit > COUNTER_MAX` is
+    /// [`LimitError::TooLarge`]. Once it returns `Ok`, no
     /// `try_charge` can succeed above `limit` (protocol L in the module docs).
     ///
     /// ```
@@ -29,7 +30,7 @@ impl Counter<'_> {
     /// assert!(c.try_charge(1).is_err());
     /// ```
     pub fn set_max(&self, limit: usize) -> Result<(), LimitError> {
-        check_value(limit)?;
+        let limit = check_value(limit)?;
         let _writer = self.conf.writer.lock();
         let mut usage = 0;
         for _ in 0..SET_MAX_RETRIES {
@@ -60,7 +61,7 @@ impl Counter<'_> {
     /// `memory.max` write: a plain exchange, no `Busy`). Usage may stay above the new limit
     /// until it is reclaimed; later `try_charge`s fail until it is below.
     pub fn swap_max(&self, limit: usize) -> Result<usize, LimitError> {
-        check_value(limit)?;
+        let limit = check_value(limit)?;
         let _writer = self.conf.writer.lock();
         // ORDERING: SeqCst, so the exchange takes part in protocol L like `set_max`'s.
         let old = self.conf.max.swap(limit, Ordering::SeqCst);
@@ -75,7 +76,7 @@ impl Counter<'_> {
     /// Sets the throttling threshold. Never fails for a representable value; usage may be
     /// above it (Linux's `page_counter_set_high`).
     pub fn set_high(&self, high: usize) -> Result<(), LimitError> {
-        check_value(high)?;
+        let high = check_value(high)?;
         let _writer = self.conf.writer.lock();
         // ORDERING: Relaxed; `high` is advisory and read racily by the engine.
         self.conf.high.store(high, Ordering::Relaxed);
@@ -87,7 +88,7 @@ impl Counter<'_> {
     /// `min(usage, min)` counts). Refused with [`LimitError::Retired`] once the node's
     /// protection was revoked (its group went offline).
     pub fn set_min(&self, min: usize) -> Result<(), LimitError> {
-        check_value(min)?;
+        let min = check_value(min)?;
         let _writer = self.conf.writer.lock();
         self.check_not_retired()?;
         // ORDERING: SeqCst, read by protocol P's re-check in `propagate_slow`.
@@ -98,7 +99,7 @@ impl Counter<'_> {
 
     /// Sets the declared soft protection; see [`Counter::set_min`].
     pub fn set_low(&self, low: usize) -> Result<(), LimitError> {
-        check_value(low)?;
+        let low = check_value(low)?;
         let _writer = self.conf.writer.lock();
         self.check_not_retired()?;
         // ORDERING: SeqCst, see `set_min`.
@@ -139,7 +140,14 @@ impl Counter<'_> {
     }
 }
 
+/// A limit or protection value as the counter stores it: `usize::MAX` means "max" (no
+/// limit, as cgroupfs accepts the word), and is stored as [`COUNTER_MAX`]; any other value
+/// above [`COUNTER_MAX`] is refused.
 #[inline]
-fn check_value(value: usize) -> Result<(), LimitError> {
-    if value > COUNTER_MAX { Err(LimitError::TooLarge { value }) } else { Ok(()) }
+pub(crate) fn check_value(value: usize) -> Result<usize, LimitError> {
+    match value {
+        usize::MAX => Ok(COUNTER_MAX),
+        v if v > COUNTER_MAX => Err(LimitError::TooLarge { value }),
+        v => Ok(v),
+    }
 }

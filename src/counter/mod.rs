@@ -7,7 +7,8 @@
 //! borrowed parents, or embedded in the crate's heap-allocated groups.
 //!
 //! Units are abstract: pages, bytes, credits. [`COUNTER_MAX`] is the largest representable
-//! amount and means "unlimited" when used as a limit.
+//! amount and means "unlimited" when used as a limit; every setter also accepts `usize::MAX`
+//! for "no limit" (cgroupfs's `max`) and stores it as [`COUNTER_MAX`].
 //!
 //! # Rules (after `mm/page_counter.c`; the deviations are marked)
 //!
@@ -95,8 +96,9 @@ mod parse;
 mod peak;
 mod protection;
 
-pub use error::{ChargeError, LimitError, Overflow, Underflow};
+pub use error::{ChargeError, LimitError, Overflow, OwnedChargeError, Underflow};
 pub use limits::SET_MAX_RETRIES;
+pub(crate) use limits::check_value;
 pub use parse::{ParseError, parse_amount};
 pub use peak::PeakWatcher;
 pub use protection::effective_protection;
@@ -391,7 +393,13 @@ impl<'p> Counter<'p> {
         self.track.watermark.load(Ordering::Relaxed)
     }
 
-    /// The number of [`Counter::try_charge`] calls that failed at this node.
+    /// How many charges this node refused (Linux's `memory.failcnt`, counted the way a user
+    /// reads it): one per [`Counter::try_charge`] that failed at this node, and one per
+    /// charge through a group ([`Group::try_charge`](crate::group::Group::try_charge), byte
+    /// and object charges, reservations) that the engine gave up on (or forced) with this
+    /// node refusing, however many attempts (its batch, the exact amount, the retries after
+    /// reclaim) that charge made. Linux counts each attempt, so one refused allocation
+    /// there adds the number of its retries.
     #[inline]
     #[must_use]
     pub fn failcnt(&self) -> usize {

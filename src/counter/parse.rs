@@ -6,6 +6,7 @@ use core::fmt;
 use super::COUNTER_MAX;
 
 /// Why [`parse_amount`] rejected its input.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParseError {
     /// The input was empty (after trimming whitespace).

@@ -6,6 +6,7 @@ use core::fmt;
 use crate::sync::atomic::{AtomicUsize, Ordering};
 
 /// An event raised on a group.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Event {
     /// A group below its effective `low` was reclaimed anyway (soft protection broken).
@@ -34,6 +35,7 @@ impl Event {
 }
 
 /// A snapshot of event counts. Each field is read separately (not one atomic snapshot).
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EventCounts {
     /// [`Event::Low`] count.

@@ -47,6 +47,7 @@
 mod events;
 #[cfg(not(loom))]
 mod lazy;
+pub(crate) mod name;
 pub(crate) mod node;
 mod orphans;
 mod owner;
@@ -60,6 +61,7 @@ pub use crate::reservation::{Reservation, ShrinkError};
 pub use events::{Event, EventCounts};
 #[cfg(not(loom))]
 pub use lazy::LazyTree;
+pub use name::GroupName;
 pub use orphans::reclaim_orphans;
 pub use owner::{MoveError, OwnerCell};
 pub use tree::{MAX_REFCOUNT_SHARDS, MAX_RETRIES, Observer, Tree, TreeConfig, TreeStats};
@@ -81,7 +83,23 @@ use node::Node;
 /// takes none), so the ids ever handed out are exactly `0..`[`TreeStats::created`], and an
 /// observer may index a table by them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GroupId(pub usize);
+pub struct GroupId(usize);
+
+impl GroupId {
+    /// The id as a number: `0` for the root, then `1, 2, …` in creation order (dense, see
+    /// above), so a table indexed by it needs no hashing.
+    #[must_use]
+    pub const fn index(self) -> usize {
+        self.0
+    }
+
+    /// The id with index `index` (for tests and tables keyed by index; an id made up this
+    /// way names whatever group was created `index`-th in some tree, if any).
+    #[must_use]
+    pub const fn from_index(index: usize) -> Self {
+        Self(index)
+    }
+}
 
 impl fmt::Display for GroupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -167,15 +185,14 @@ impl<'a> GroupSpec<'a> {
     /// Checks that every value is representable.
     pub fn validate(&self) -> Result<(), LimitError> {
         for value in [self.max, self.high, self.min, self.low] {
-            if value > COUNTER_MAX {
-                return Err(LimitError::TooLarge { value });
-            }
+            crate::counter::check_value(value)?;
         }
         Ok(())
     }
 }
 
 /// Why a group operation was refused. Nothing changed.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupError {
     /// The parent is offline: it takes no new children.

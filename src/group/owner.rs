@@ -73,6 +73,7 @@ unsafe impl<P: CpuProvider, const K: usize> Send for OwnerCell<P, K> {}
 unsafe impl<P: CpuProvider, const K: usize> Sync for OwnerCell<P, K> {}
 
 /// Why a move was refused. Nothing changed (the target was not left charged).
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MoveError {
     /// The cell is empty: there is no charge to move.

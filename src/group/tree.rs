@@ -180,6 +180,7 @@ impl<P: CpuProvider, const K: usize> fmt::Debug for TreeConfig<P, K> {
 
 /// Counts of group lifecycle transitions, for monitoring (how many groups are dying, how
 /// many wait for a grace period). Each field is read separately.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TreeStats {
     /// Groups created, the root included.
@@ -841,6 +842,51 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
     pub fn reclaim(&self) {
         reclaim_orphans();
         let _ = self.inner().reclaim_pumped();
+    }
+
+    /// The group with id `id`, if it exists and is not released (a pre-order walk: O(groups);
+    /// keep the handle instead when looking up often).
+    #[must_use]
+    pub fn group(&self, id: GroupId) -> Option<Group<P, K>> {
+        let root = self.root();
+        let mut cursor = Some(root.clone());
+        while let Some(g) = cursor {
+            if g.id() == id {
+                return Some(g);
+            }
+            cursor = g.next_pre(&root);
+        }
+        None
+    }
+
+    /// The group at `path`, a `/`-separated list of names from the root (`"tenant/vm-1"`;
+    /// the empty path, or `"/"`, is the root). Among siblings with the same name, the newest
+    /// is found first.
+    ///
+    /// ```
+    /// use chargetree::group::{GroupSpec, Tree};
+    ///
+    /// let tree = Tree::new();
+    /// let tenant = tree.root().create_child(GroupSpec::new().name("tenant")).unwrap();
+    /// let vm = tenant.create_child(GroupSpec::new().name("vm-1")).unwrap();
+    /// assert!(tree.find("tenant/vm-1").unwrap().ptr_eq(&vm));
+    /// assert!(tree.find("/tenant").unwrap().ptr_eq(&tenant));
+    /// assert!(tree.find("tenant/vm-2").is_none());
+    /// ```
+    #[must_use]
+    pub fn find(&self, path: &str) -> Option<Group<P, K>> {
+        let mut g = self.root();
+        for name in path.split('/').filter(|s| !s.is_empty()) {
+            let mut child = g.first_child();
+            g = loop {
+                let c = child?;
+                if c.name() == Some(name) {
+                    break c;
+                }
+                child = c.next_sibling();
+            };
+        }
+        Some(g)
     }
 
     /// Every group of the tree, in pre-order, each as an owned handle (allocates a `Vec`).

@@ -25,12 +25,12 @@ struct WatchObserver(Arc<Watch>);
 
 impl Observer for WatchObserver {
     fn released(&self, id: GroupId) {
-        if id.0 == self.0.target.load(Ordering::Relaxed) {
+        if id.index() == self.0.target.load(Ordering::Relaxed) {
             self.0.released.fetch_add(1, Ordering::Relaxed);
         }
     }
     fn freed(&self, id: GroupId) {
-        if id.0 == self.0.target.load(Ordering::Relaxed) {
+        if id.index() == self.0.target.load(Ordering::Relaxed) {
             self.0.freed.fetch_add(1, Ordering::Relaxed);
             self.0.freed_flag.store(true, Ordering::SeqCst);
         }
@@ -91,7 +91,7 @@ fn last_put_vs_tryget_from_cell() {
     model(|| {
         let (tree, watch) = tree_with_watch();
         let g = tree.root().create_child(GroupSpec::new()).unwrap();
-        watch.target.store(g.id().0, Ordering::Relaxed);
+        watch.target.store(g.id().index(), Ordering::Relaxed);
         g.offline().unwrap(); // base reference gone: the cell will hold the last one
         let cell = Arc::new(OwnerCell::new(g));
         let tree = Arc::new(tree);
@@ -129,7 +129,7 @@ fn free_vs_pinned_reader() {
     model(|| {
         let (tree, watch) = tree_with_watch();
         let g = tree.root().create_child(GroupSpec::new()).unwrap();
-        watch.target.store(g.id().0, Ordering::Relaxed);
+        watch.target.store(g.id().index(), Ordering::Relaxed);
         g.offline().unwrap();
         let cell = Arc::new(OwnerCell::new(g));
         let tree = Arc::new(tree);
@@ -166,7 +166,7 @@ fn move_vs_offline() {
         let root = tree.root();
         let from = root.create_child(GroupSpec::new()).unwrap();
         let to = root.create_child(GroupSpec::new()).unwrap();
-        watch.target.store(from.id().0, Ordering::Relaxed);
+        watch.target.store(from.id().index(), Ordering::Relaxed);
         from.counter().try_charge(1).unwrap();
         let cell = Arc::new(OwnerCell::new(from.clone()));
 
@@ -200,7 +200,7 @@ fn detached_release_vs_orphan_reclaim() {
     model(|| {
         let (tree, watch) = tree_with_watch();
         let g = tree.root().create_child(GroupSpec::new()).unwrap();
-        watch.target.store(g.id().0, Ordering::Relaxed);
+        watch.target.store(g.id().index(), Ordering::Relaxed);
         let t = thread::spawn(move || drop(g));
         drop(tree);
         t.join().unwrap();

@@ -21,7 +21,7 @@ struct CountReleases(Arc<Releases>);
 
 impl Observer for CountReleases {
     fn released(&self, id: GroupId) {
-        if id.0 == self.0.target.load(Ordering::Relaxed) {
+        if id.index() == self.0.target.load(Ordering::Relaxed) {
             self.0.count.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -58,7 +58,7 @@ fn reparent_vs_concurrent_byte_uncharge() {
         let tree = Arc::new(tree_with(releases.clone()));
         let parent = tree.root().create_child(GroupSpec::new()).unwrap();
         let child = parent.create_child(GroupSpec::new()).unwrap();
-        releases.target.store(child.id().0, Ordering::Relaxed);
+        releases.target.store(child.id().index(), Ordering::Relaxed);
         let o = child.obj_group().unwrap();
         // 25 bytes: 3 units charged, 5 bytes left in CPU 0's object stock.
         let _ = on(0, || o.charge_bytes(25).unwrap());

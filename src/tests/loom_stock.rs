@@ -110,7 +110,7 @@ struct CountReleases(Arc<Releases>);
 
 impl Observer for CountReleases {
     fn released(&self, id: GroupId) {
-        if id.0 == self.0.target.load(Ordering::Relaxed) {
+        if id.index() == self.0.target.load(Ordering::Relaxed) {
             self.0.count.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -125,7 +125,7 @@ fn last_put_vs_stock_cached_reference() {
         let releases = Arc::new(Releases::default());
         let tree = Arc::new(small_tree(CountReleases(releases.clone())));
         let g: Group<TestCpus, 2> = tree.root().create_child(GroupSpec::new()).unwrap();
-        releases.target.store(g.id().0, Ordering::Relaxed);
+        releases.target.store(g.id().index(), Ordering::Relaxed);
         on(1, || {
             let _ = g.try_charge(1).unwrap(); // CPU 1's stock now caches g (one reference)
             g.uncharge(1);

@@ -282,7 +282,7 @@ struct Lifecycle;
 
 impl Lifecycle {
     fn count(table: &[AtomicU32; MAX_IDS], id: GroupId) {
-        match table.get(id.0) {
+        match table.get(id.index()) {
             // ORDERING: Relaxed; counts, read by hart 0 after every other hart has finished
             // (the DONE flags' Release/Acquire order them).
             Some(c) => c.fetch_add(1, Ordering::Relaxed),
