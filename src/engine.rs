@@ -1,7 +1,7 @@
 //! The charge engine (Linux's `try_charge_memcg`, library-shaped): the stock fast path, the
 //! batched counter walk, and the slow path with reclaim, drain and bounded retries.
 //!
-//! # Algorithm (`memcg-semantics.md` §2.2)
+//! # Algorithm (after `try_charge_memcg()` in Linux's `mm/memcontrol.c`)
 //!
 //! 1. **Fast path**: take `n` from this CPU's stock entry for the group. No counter, no
 //!    shared cache line, no `high` check.
@@ -71,6 +71,29 @@ pub const DEFAULT_RETRIES: usize = 16;
 ///
 /// It runs on the charging thread, in whatever context the charge was made: inside a global
 /// allocator it must not allocate. It may panic; the engine stays consistent.
+///
+/// ```
+/// use chargetree::group::{Group, GroupSpec, Reclaimer, Tree, TreeConfig};
+///
+/// /// Reclaims from the group's subtree in Linux's protection order, freeing up to what
+/// /// each group's caches hold (here: everything charged).
+/// struct Caches;
+/// impl Reclaimer for Caches {
+///     fn reclaim(&self, group: &Group, amount: usize) -> usize {
+///         group
+///             .walk_reclaim(amount, true, |g, wanted| {
+///                 let n = g.counter().usage().min(wanted);
+///                 g.uncharge(n);
+///                 n
+///             })
+///             .reclaimed
+///     }
+/// }
+/// let tree = Tree::with_config(TreeConfig::new().reclaimer(Caches).batch(0));
+/// let g = tree.root().create_child(GroupSpec::new().max(8)).unwrap();
+/// let _ = g.try_charge(8).unwrap();
+/// let _ = g.try_charge(3).unwrap(); // the reclaimer made room
+/// ```
 pub trait Reclaimer<P: CpuProvider = DefaultCpus, const K: usize = STOCK_SLOTS>: Send + Sync {
     /// Frees up to `amount` units charged to `group`'s subtree; returns the units freed.
     fn reclaim(&self, group: &Group<P, K>, amount: usize) -> usize;
@@ -538,6 +561,26 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// pass and visited on a second pass (raising its [`Event::Low`]) only if the first pass
     /// fell short. This group's own protection is ignored (a reclaim target does not shield
     /// itself). Allocation-free; holds one extra handle at a time.
+    ///
+    /// ```
+    /// use chargetree::group::{GroupSpec, Tree, TreeConfig};
+    ///
+    /// let tree = Tree::with_config(TreeConfig::new().batch(0));
+    /// let root = tree.root();
+    /// let kept = root.create_child(GroupSpec::new().min(100)).unwrap(); // hard protection
+    /// let cache = root.create_child(GroupSpec::new()).unwrap();
+    /// let _ = (kept.try_charge(50).unwrap(), cache.try_charge(50).unwrap());
+    /// let walk = root.walk_reclaim(80, false, |g, wanted| {
+    ///     if g.is_root() {
+    ///         return 0; // the root's usage is its children's
+    ///     }
+    ///     let n = g.counter().usage().min(wanted);
+    ///     g.uncharge(n);
+    ///     n
+    /// });
+    /// assert_eq!((walk.reclaimed, walk.skipped_min), (50, 1), "the protected group is kept");
+    /// assert_eq!((kept.counter().usage(), cache.counter().usage()), (50, 0));
+    /// ```
     pub fn walk_reclaim(
         &self,
         amount: usize,
@@ -635,6 +678,18 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
     /// Returns every CPU's stocked units of `group`'s subtree to the counters and drops the
     /// stock references, idle CPUs included. `None` if another drain was under way (this
     /// call does not wait for it). CPUs inside a stock operation at that moment are skipped.
+    ///
+    /// ```
+    /// use chargetree::group::{GroupSpec, Tree};
+    ///
+    /// let tree = Tree::new();
+    /// let g = tree.root().create_child(GroupSpec::new()).unwrap();
+    /// let _ = g.try_charge(1).unwrap(); // one walk charged a batch: 63 more are cached
+    /// g.uncharge(1);
+    /// assert_eq!(g.counter().usage(), 64);
+    /// assert_eq!(tree.drain_all(&g), Some(64));
+    /// assert_eq!(g.counter().usage(), 0, "exact once the stocks are drained");
+    /// ```
     pub fn drain_all(&self, group: &Group<P, K>) -> Option<usize> {
         let node = group.node();
         node.tree().stocks.drain_all(|g| g.is_descendant_of(node))

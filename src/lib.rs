@@ -9,8 +9,8 @@
 //! # Parts
 //!
 //! * [`counter`]: one node of a hierarchical counter ([`Counter`]): usage, `max`, `high`,
-//!   `min`, `low`, peaks, fail count and protected-usage sums. Charges walk to the top with
-//!   add–check–undo and report the lowest ancestor that refused. Pure atomics: no
+//!   `min`, `low`, peaks, fail count and protected-usage sums. Charges check every level,
+//!   add top-down and report the lowest ancestor that refused. Pure atomics: no
 //!   allocation, no locks on the charge path, usable as `static`s with `&'static` parents.
 //! * [`group`] (with `alloc`): a [`Tree`](group::Tree) of refcounted
 //!   [`Group`](group::Group) handles, each embedding a counter; online → offline → released
@@ -23,6 +23,8 @@
 //! * [`objgroup`]: byte-granular charging through [`ObjGroup`](objgroup::ObjGroup)s, with
 //!   sub-unit remainders parked per CPU, reparented when their group goes offline.
 //! * [`epoch`]: the tree's crossbeam-epoch collector, guards and participants.
+//! * [`alloc`]: the accounting global allocator and an `allocator_api2` adapter;
+//!   [`Reservation`]: RAII budgets.
 //! * [`cpu`]: what "this CPU" means: [`ThreadCpus`](cpu::ThreadCpus) (std),
 //!   [`TestCpus`](cpu::TestCpus), or an embedder's `unsafe impl` of
 //!   [`CpuProvider`](cpu::CpuProvider).
@@ -31,23 +33,113 @@
 //! drop, byte charges) never allocates, never takes a lock and never runs a deferred
 //! destructor (`tests/alloc_safety.rs`, `examples/allocator.rs`).
 //!
-//! # Example
+//! # A tour, from a counter to an allocator
+//!
+//! **A counter** ([`Counter`]) is one node: usage, limits, peaks. Counters need no heap:
+//! firmware declares them as `static`s with `&'static` parents.
 //!
 //! ```
 //! use chargetree::counter::{ChargeError, Counter, parse_amount};
 //!
 //! // Units are 4 KiB pages; the tenant may use 1 MiB, one of its jobs 256 KiB.
-//! let tenant = Counter::new_root();
-//! tenant.set_max(parse_amount("1M", 4096).unwrap()).unwrap();
-//! let job = Counter::new(Some(&tenant));
-//! job.set_max(parse_amount("256K", 4096).unwrap()).unwrap();
+//! static TENANT: Counter<'static> = Counter::new_root();
+//! static JOB: Counter<'static> = Counter::new(Some(&TENANT));
+//! TENANT.set_max(parse_amount("1M", 4096).unwrap()).unwrap();
+//! JOB.set_max(parse_amount("256K", 4096).unwrap()).unwrap();
 //!
-//! job.try_charge(64).unwrap();
-//! assert_eq!(tenant.usage(), 64);
-//! assert!(matches!(job.try_charge(1), Err(ChargeError::Limit { level: 0, .. })));
-//! assert_eq!(job.failcnt(), 1);
-//! job.uncharge(64);
-//! assert_eq!((tenant.usage(), job.peak()), (0, 64));
+//! JOB.try_charge(64).unwrap();
+//! assert_eq!(TENANT.usage(), 64);
+//! assert!(matches!(JOB.try_charge(1), Err(ChargeError::Limit { level: 0, .. })));
+//! JOB.uncharge(64);
+//! assert_eq!((TENANT.usage(), JOB.peak()), (0, 64));
+//! ```
+//!
+//! **A tree of groups** ([`Tree`](group::Tree), [`Group`](group::Group)) puts counters in
+//! refcounted nodes that can come and go while other threads charge them, and charges through
+//! a per-CPU stock so that most charges touch no shared cache line.
+//!
+//! ```
+//! use chargetree::group::{GroupSpec, Tree};
+//!
+//! let tree = Tree::new();
+//! let tenant = tree.root().create_child(GroupSpec::new().name("tenant").max(1024)).unwrap();
+//! let vm = tenant.create_child(GroupSpec::new().name("vm").high(512)).unwrap();
+//! let charged = vm.try_charge(600).unwrap();
+//! assert!(charged.over_high.is_some(), "told, not refused");
+//! let refused = vm.try_charge(500).unwrap_err();
+//! assert_eq!(refused.group_name().map(|n| n.as_str()), Some("tenant"), "the level that refused");
+//! vm.uncharge(600);
+//! ```
+//!
+//! **Objects charged in bytes** go through an [`ObjGroup`](objgroup::ObjGroup), which
+//! outlives its group (objects charged to a group that goes away are charged to its parent).
+//!
+//! ```
+//! use chargetree::group::{GroupSpec, Tree};
+//! use chargetree::objgroup::ObjGroup;
+//!
+//! let tree = Tree::new();
+//! let tenant = tree.root().create_child(GroupSpec::new().max(16)).unwrap();
+//! let objects = tenant.obj_group().unwrap();
+//! let block = objects.charge_object(100).unwrap().object; // keep it in the object's header
+//! tenant.offline().unwrap(); // the ObjGroup now charges the root
+//! // SAFETY: `block` came from `charge_object` on an `ObjGroup` of a default tree, once.
+//! unsafe { <ObjGroup>::uncharge_object(block, 100) };
+//! ```
+//!
+//! **A reclaimer** ([`Reclaimer`](group::Reclaimer)) is called by the engine when a group is
+//! at its limit, to free what it can before the charge fails;
+//! [`Group::walk_reclaim`](group::Group::walk_reclaim) visits a subtree in Linux's
+//! protection order.
+//!
+//! ```
+//! use chargetree::group::{Group, GroupSpec, Reclaimer, Tree, TreeConfig};
+//!
+//! struct DropCaches;
+//! impl Reclaimer for DropCaches {
+//!     fn reclaim(&self, group: &Group, amount: usize) -> usize {
+//!         // A real one frees caches charged below `group`; this one frees what the test left.
+//!         let freed = group.counter().usage().min(amount);
+//!         group.uncharge(freed);
+//!         freed
+//!     }
+//! }
+//! let tree = Tree::with_config(TreeConfig::new().reclaimer(DropCaches).batch(0));
+//! let g = tree.root().create_child(GroupSpec::new().max(10)).unwrap();
+//! let _ = g.try_charge(10).unwrap(); // a cache, say
+//! let _ = g.try_charge(4).unwrap(); // fits once the reclaimer freed 4
+//! assert_eq!(g.counter().usage(), 10);
+//! ```
+//!
+//! **The accounting allocator** ([`alloc::TenantAlloc`]) charges every allocation of a
+//! process to the calling thread's tenant and refuses (null) over the limit, in one line.
+//!
+//! ```
+//! use std::alloc::System;
+//! use chargetree::alloc::TenantAlloc;
+//! use chargetree::group::{GroupSpec, LazyTree, TreeConfig};
+//!
+//! #[global_allocator]
+//! static ALLOCATOR: TenantAlloc<System> = TenantAlloc::new(System);
+//! static TENANTS: LazyTree = LazyTree::new(TreeConfig::new);
+//!
+//! let tenant = TENANTS.root().create_child(GroupSpec::new().max(256)).unwrap(); // 1 MiB
+//! let _inside = chargetree::alloc::enter_group(&tenant).unwrap();
+//! assert!(Vec::<u8>::new().try_reserve(2 << 20).is_err(), "the process lives on");
+//! ```
+//!
+//! **A reservation** ([`Reservation`]) holds an amount charged to a group for as long as it
+//! lives: per-query and per-operator budgets for a query engine.
+//!
+//! ```
+//! use chargetree::group::{GroupSpec, Tree};
+//!
+//! let tree = Tree::new();
+//! let query = tree.root().create_child(GroupSpec::new().name("q1").max(100)).unwrap();
+//! let mut sort = query.reservation();
+//! let _ = sort.try_grow(80).unwrap();
+//! assert!(sort.try_grow(30).is_err()); // spill instead
+//! drop(sort); // gives the 80 back
 //! ```
 //!
 //! # Cargo features

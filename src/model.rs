@@ -1,5 +1,5 @@
 //! A plain sequential reference model of a tree of counters: no atomics, no cleverness,
-//! each rule of `memcg-semantics.md` §1 written the obvious way. Property tests and the fuzz
+//! each rule of the [`counter`](crate::counter) module docs written the obvious way. Property tests and the fuzz
 //! targets run random operations on the real counters and on this model and compare every
 //! observable after each step. Not covered by semver.
 

@@ -1,5 +1,5 @@
-//! Byte-granular object charging (Linux's `obj_cgroup` and object stock,
-//! `memcg-semantics.md` §4).
+//! Byte-granular object charging (Linux's `obj_cgroup` and object stock, `obj_cgroup_charge()`
+//! and `refill_obj_stock()` in `mm/memcontrol.c`).
 //!
 //! An [`ObjGroup`] stands between objects and their group. Objects hold a reference to the
 //! `ObjGroup` (not to the group); the `ObjGroup` points at a group and owns one reference on

@@ -1,5 +1,6 @@
-//! Black-box tests of [`chargetree::counter`], one group per numbered rule of
-//! `memcg-semantics.md` §1 *as the library implements it*. Where the library deliberately
+//! Black-box tests of [`chargetree::counter`], one group per rule of Linux's
+//! `mm/page_counter.c` *as the library implements it* (numbered like the sections of that
+//! behaviour: 1.1 data model, 1.2 protected usage, … 1.14 bad input). Where the library deliberately
 //! differs from Linux (module docs of `src/counter/mod.rs`), the tests pin the library's
 //! behaviour and say what Linux would do instead.
 //!

@@ -1,5 +1,6 @@
-//! Black-box tests of the charge engine and the per-CPU stock (`memcg-semantics.md` §2–§3 as
-//! `src/engine.rs` and `src/stock/mod.rs` implement them), through the public API only.
+//! Black-box tests of the charge engine and the per-CPU stock (Linux's `try_charge_memcg()` and
+//! `memcg_stock_pcp` as `src/engine.rs` and `src/stock/mod.rs` implement them), through the
+//! public API only.
 //!
 //! 1. One test per rule of the charge path and the stock: fast path, batching, retry with
 //!    the exact amount, the failing ancestor, events, the reclaim hook, drain before failing,

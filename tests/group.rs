@@ -1,6 +1,6 @@
-//! Black-box tests of [`chargetree::group`]: the lifecycle of groups (`memcg-semantics.md`
-//! §5.3), reference counting (§5.1–§5.2), owner cells and lockless readers (§7), charge
-//! moving (§6) and events, through the public API only.
+//! Black-box tests of [`chargetree::group`]: the lifecycle of groups, reference counting
+//! (Linux's `percpu_ref` and css references), owner cells and lockless readers, charge moving
+//! (`mem_cgroup_move_account`) and events, through the public API only.
 //!
 //! Every test that asserts "freed exactly once" installs an [`Observer`] that logs each
 //! release and free (`Log`), and checks the log for double releases, double frees and frees

@@ -1,6 +1,6 @@
-//! Black-box tests of byte-granular object charging and reparenting (`memcg-semantics.md` §4
-//! as `src/objgroup.rs` and the object stock in `src/stock/mod.rs` implement them), through
-//! the public API only.
+//! Black-box tests of byte-granular object charging and reparenting (Linux's `obj_cgroup` as
+//! `src/objgroup.rs` and the object stock in `src/stock/mod.rs` implement them), through the
+//! public API only.
 //!
 //! 1. Scenario tests: bytes round up to units, the 10,000 objects outliving their
 //!    removed group, inherited `ObjGroup`s moving up in one step, limits.

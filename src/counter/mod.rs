@@ -22,8 +22,8 @@
 //!    racing charge filled a level meanwhile. No compare-and-swap loop on the charge path: a
 //!    charge that fails in the second pass may transiently make a racing smaller charge fail
 //!    too (never succeed wrongly); the error is bounded by the sizes of the charges in
-//!    flight. (Linux adds bottom-up; adding top-down is what lets rule 3 be exact, see the
-//!    `charge` module's source docs.)
+//!    flight. (Linux adds bottom-up; adding top-down is what lets rule 3 be exact: the
+//!    argument is written down in `src/counter/charge.rs`.)
 //! 3. **Uncharge** ([`Counter::uncharge`]) subtracts at every level, bottom-up. No level ever
 //!    gives up more than it holds: each subtraction is a compare-and-swap that stops at zero,
 //!    so usage is never negative, not even for a moment (Linux subtracts and then stores 0,

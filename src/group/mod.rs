@@ -1,6 +1,6 @@
 //! Groups: pointer-refcounted handles to the nodes of a [`Tree`], their lifecycle, owner
-//! cells and events (Linux's css references and memcg lifetime, `memcg-semantics.md`
-//! §5–§7).
+//! cells and events (Linux's css references, `percpu_ref`, and the memcg lifetime in
+//! `mm/memcontrol.c` and `kernel/cgroup/cgroup.c`).
 //!
 //! # References follow pointers
 //!
@@ -20,8 +20,9 @@
 //!
 //! online → offline ([`Group::offline`]: no new children, no `tryget_online`, `min`/`low`
 //! zeroed, base reference dropped) → released (last reference gone; queued without
-//! allocating) → freed (after an epoch grace period). See the state table in the `node`
-//! module's source docs for who holds the node in each state.
+//! allocating) → freed (after an epoch grace period). Who holds the node in each state is
+//! tabled in the source, `src/group/node.rs` (contributors' documentation: the module is
+//! private).
 //!
 //! # Reference counting that scales
 //!
@@ -29,8 +30,8 @@
 //! `get`/`put` add to one of several cache-line-padded shards chosen by the current CPU, so
 //! handles cloned and dropped on different CPUs do not bounce a shared line; offlining
 //! harvests the shards into one word (a `fetch_or` per shard marks it dead in the same RMW
-//! that reads it), after which zero can be detected. The protocol table is in the
-//! `refcount` module's source docs; its loom model is `src/tests/loom_group.rs`.
+//! that reads it), after which zero can be detected. The protocol is tabled in
+//! `src/group/refcount.rs`; its loom model is `src/tests/loom_group.rs`.
 //! Measured in `benches/group.rs`.
 //!
 //! # Allocator safety
@@ -107,7 +108,22 @@ impl fmt::Display for GroupId {
     }
 }
 
-/// Limits, protection and name of a new group.
+/// Limits, protection and name of a new group, for [`Group::create_child`]. Every value is in
+/// the tree's units; `usize::MAX` means "no limit".
+///
+/// ```
+/// use chargetree::group::{GroupSpec, Tree};
+/// use chargetree::counter::parse_amount;
+///
+/// let tree = Tree::new(); // units of 4 KiB pages
+/// let spec = GroupSpec::new()
+///     .name("tenant-a")
+///     .max(parse_amount("1G", 4096).unwrap())
+///     .high(parse_amount("768M", 4096).unwrap())
+///     .low(parse_amount("256M", 4096).unwrap());
+/// let a = tree.root().create_child(spec).unwrap();
+/// assert_eq!((a.counter().max(), a.counter().low()), (262_144, 65_536));
+/// ```
 #[derive(Clone, Debug)]
 pub struct GroupSpec<'a> {
     pub(crate) name: Option<&'a str>,
@@ -236,7 +252,23 @@ impl core::error::Error for GroupError {}
 /// A handle to a group: one reference. Clone is `css_get`, drop is `css_put`.
 ///
 /// `Send + Sync`; cheap to clone (one atomic add on a per-CPU shard while the group is
-/// online).
+/// online). The group lives while a handle (or a child, an `ObjGroup`, an owner cell, a
+/// stock entry) references it; once offline and unreferenced it is freed.
+///
+/// ```
+/// use chargetree::group::{GroupSpec, Tree};
+///
+/// let tree = Tree::new();
+/// let job = tree.root().create_child(GroupSpec::new().name("job").max(100)).unwrap();
+/// let for_worker = job.clone(); // another reference, for another thread
+/// std::thread::spawn(move || {
+///     let _ = for_worker.try_charge(10).unwrap();
+///     for_worker.uncharge(10);
+/// })
+/// .join()
+/// .unwrap();
+/// job.offline().unwrap(); // no new children; freed once the last handle is gone
+/// ```
 pub struct Group<P: CpuProvider = DefaultCpus, const K: usize = STOCK_SLOTS> {
     node: NonNull<Node<P, K>>,
     _owns: PhantomData<Node<P, K>>,

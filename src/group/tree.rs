@@ -36,6 +36,28 @@ const PUMP_ROUNDS: usize = if cfg!(loom) { 16 } else { 64 };
 /// allocate, block, or call back into the tree. `freed` runs on whichever thread runs the
 /// epoch collector, outside any allocator path. Ids are dense ([`GroupId`]), so a table
 /// indexed by id (sized for the groups you expect) needs no hashing.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use chargetree::group::{GroupId, GroupSpec, Observer, Tree, TreeConfig};
+///
+/// #[derive(Default)]
+/// struct Freed(AtomicUsize);
+/// struct Count(Arc<Freed>);
+/// impl Observer for Count {
+///     fn freed(&self, _: GroupId) {
+///         self.0.0.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+/// let freed = Arc::new(Freed::default());
+/// let tree = Tree::with_config(TreeConfig::new().observer(Count(freed.clone())));
+/// let g = tree.root().create_child(GroupSpec::new()).unwrap();
+/// g.offline().unwrap();
+/// drop(g);
+/// tree.reclaim();
+/// assert_eq!(freed.0.load(Ordering::Relaxed), 1);
+/// ```
 pub trait Observer: Send + Sync {
     /// The last reference of group `id` was dropped.
     fn released(&self, id: GroupId) {
@@ -54,6 +76,18 @@ pub const MAX_REFCOUNT_SHARDS: usize = 64;
 pub const MAX_RETRIES: usize = 1 << 16;
 
 /// How a [`Tree`] is built.
+///
+/// ```
+/// use chargetree::cpu::ThreadCpus;
+/// use chargetree::group::{GroupSpec, Tree, TreeConfig};
+///
+/// let config = TreeConfig::with_cpus(ThreadCpus::new(64)) // up to 64 threads cache
+///     .batch(32) // units pre-charged per walk and cached per CPU and group
+///     .unit_bytes(4096) // for byte charges: units are pages
+///     .root(GroupSpec::new().name("machine").max(1 << 20));
+/// let tree = Tree::with_config(config);
+/// assert_eq!(tree.root().name(), Some("machine"));
+/// ```
 pub struct TreeConfig<P: CpuProvider = DefaultCpus, const K: usize = STOCK_SLOTS> {
     cpus: P,
     refcount_shards: Option<usize>,

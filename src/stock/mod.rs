@@ -48,7 +48,7 @@
 //! a provider with thousands of slots costs a process that uses three of them three slots
 //! per drain.
 //!
-//! # Invariants (`memcg-semantics.md` §3.4)
+//! # Invariants (those of Linux's `memcg_stock_pcp`, plus the crate's own)
 //!
 //! * S1: units in an entry are charged to the entry's group and all its ancestors.
 //! * S2: an entry is occupied ⇔ it owns one reference on its group.
