@@ -98,6 +98,7 @@ mod protection;
 
 pub use error::{ChargeError, LimitError, Overflow, OwnedChargeError, Underflow};
 pub use limits::SET_MAX_RETRIES;
+#[cfg(feature = "alloc")]
 pub(crate) use limits::check_value;
 pub use parse::{ParseError, parse_amount};
 pub use peak::PeakWatcher;
