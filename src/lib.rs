@@ -199,27 +199,43 @@ macro_rules! const_fn {
 }
 pub(crate) use const_fn;
 
+// Layers, bottom to top (see the crate docs): a module names only modules of its own layer
+// or below (`ci/layers.sh` checks it).
+// 0: platform
+pub mod cpu;
+#[cfg(feature = "alloc")]
+pub mod epoch;
 #[cfg(feature = "alloc")]
 mod fallible;
 mod padded;
 mod sync;
-
-#[cfg(feature = "alloc")]
-pub mod alloc;
+// 1: counter
 pub mod counter;
-pub mod cpu;
-#[cfg(feature = "alloc")]
-mod engine;
-#[cfg(feature = "alloc")]
-pub mod epoch;
-#[cfg(feature = "alloc")]
-pub mod group;
-#[cfg(feature = "alloc")]
-pub mod objgroup;
-#[cfg(feature = "alloc")]
-mod reservation;
+// 2: per-CPU stock
 #[cfg(feature = "alloc")]
 pub mod stock;
+// 3: groups
+#[cfg(feature = "alloc")]
+mod groups;
+// 4: charge engine
+#[cfg(feature = "alloc")]
+mod engine;
+// 5: object layer
+#[cfg(feature = "alloc")]
+mod obj;
+// 6: tree (composition root)
+#[cfg(feature = "alloc")]
+mod tree;
+// 7: drop-ins
+#[cfg(feature = "alloc")]
+pub mod alloc;
+#[cfg(feature = "alloc")]
+mod reservation;
+// 8: public paths
+#[cfg(feature = "alloc")]
+mod api;
+#[cfg(feature = "alloc")]
+pub use api::{group, objgroup};
 
 #[cfg(any(test, feature = "model"))]
 #[doc(hidden)]

@@ -6,7 +6,7 @@ use core::fmt;
 
 use crate::cpu::{CpuProvider, DefaultCpus};
 use crate::engine::{ChargeFailure, ChargeOptions, Charged};
-use crate::group::Group;
+use crate::groups::Group;
 use crate::stock::STOCK_SLOTS;
 
 /// An amount charged to a group, uncharged when the reservation is dropped.

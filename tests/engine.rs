@@ -764,16 +764,20 @@ fn no_retry_reclaims_and_drains_but_does_not_retry() {
     finish(tree, log);
 }
 
-/// §3.2: a CPU caches at most `K` groups; the `K+1`-th evicts entries in round-robin order
-/// (the 2026 `drain_idx` fix), returning the victim's units to its counters and its
-/// reference.
+/// §3.2, as this crate places entries: a CPU's stock is a direct-mapped table of `K`
+/// entries, a group's entry chosen by its slot in the tree's arena. A fresh tree hands out
+/// slots densely in creation order (the root takes slot 0), so any `K` groups created one
+/// after another sit in distinct entries, and a charge evicts only the group in its own
+/// entry, returning the victim's units to its counters and its reference. (Linux's 7-entry
+/// stock evicts round-robin, the 2026 `drain_idx` fix; see the README's deviations.)
 #[test]
-fn k_plus_one_groups_evict_entries_round_robin() {
+fn a_group_evicts_only_the_group_in_its_entry() {
     let log = Arc::new(Log::default());
     let tree = Tree::with_config(
         TreeConfig::<_, 4>::with_cpus_and_slots(TestCpus::new(2)).observer(Obs(log.clone())),
     );
     let root = tree.root();
+    // Slots 1..=7: entries 1, 2, 3, 0, 1, 2, 3.
     let gs: Vec<Group<TestCpus, 4>> = (0..7).map(|_| child(&root, GroupSpec::new())).collect();
     let mut held = [0usize; 7];
     for (i, g) in gs[..4].iter().enumerate() {
@@ -781,8 +785,14 @@ fn k_plus_one_groups_evict_entries_round_robin() {
         held[i] += 1;
         assert_eq!((uc(g), g.ref_count()), ((64, 63), 3), "base + handle + entry");
     }
-    // Victims in entry order 0, 1, 2, 3, then 0 again.
-    for (charged, evicted) in [(4, 0), (5, 1), (0, 2), (1, 3), (2, 4)] {
+    assert_eq!(
+        gs.iter().filter(|g| g.cached_units() > 0).count(),
+        4,
+        "4 consecutive groups fit in 4 entries"
+    );
+    for (charged, evicted) in [(4, 0), (5, 1), (0, 4), (1, 5), (6, 2)] {
+        let others: Vec<usize> =
+            (0..7).filter(|&j| j != charged && j != evicted).map(|j| gs[j].cached_units()).collect();
         charge(0, &gs[charged], 1);
         held[charged] += 1;
         let v = &gs[evicted];
@@ -790,12 +800,15 @@ fn k_plus_one_groups_evict_entries_round_robin() {
         assert_eq!(v.ref_count(), 2, "the entry's reference went with it");
         assert_eq!(v.counter().usage(), held[evicted], "its units went back");
         assert_eq!(gs[charged].ref_count(), 3);
+        let after: Vec<usize> =
+            (0..7).filter(|&j| j != charged && j != evicted).map(|j| gs[j].cached_units()).collect();
+        assert_eq!(after, others, "no other entry moved");
         let cached = gs.iter().filter(|g| g.cached_units() > 0).count();
         assert_eq!(cached, 4, "still K entries");
     }
     // Another CPU's stock is separate: no eviction on CPU 0.
-    charge(1, &gs[6], 1);
-    held[6] += 1;
+    charge(1, &gs[2], 1);
+    held[2] += 1;
     assert_eq!(gs.iter().filter(|g| g.cached_units() > 0).count(), 5);
     let total: usize = gs.iter().map(|g| g.counter().usage()).sum();
     assert_eq!(root.counter().usage(), total);

@@ -116,7 +116,7 @@ fn splitting_more_than_is_held_panics() {
 #[test]
 fn growth_runs_the_reclaim_hook() {
     struct Free(Arc<AtomicUsize>);
-    impl Reclaimer<TestCpus, 8> for Free {
+    impl Reclaimer<TestCpus> for Free {
         fn reclaim(&self, group: &Group<TestCpus>, amount: usize) -> usize {
             self.0.fetch_add(1, Ordering::Relaxed);
             let _ = (group, amount);

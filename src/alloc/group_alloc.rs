@@ -7,7 +7,7 @@ use core::ptr::NonNull;
 use allocator_api2::alloc::{AllocError, Allocator, Global};
 
 use crate::cpu::{CpuProvider, DefaultCpus};
-use crate::objgroup::ObjGroup;
+use crate::obj::ObjGroup;
 use crate::stock::STOCK_SLOTS;
 
 /// An [`Allocator`] that charges every allocation of the collections using it to one

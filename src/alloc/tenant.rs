@@ -10,8 +10,8 @@ use core::mem::{ManuallyDrop, size_of};
 use core::ptr::{self, NonNull};
 
 use crate::cpu::{CpuProvider, ThreadCpus};
-use crate::group::{Group, GroupError};
-use crate::objgroup::ObjGroup;
+use crate::groups::{Group, GroupError};
+use crate::obj::ObjGroup;
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// An object's reference, and whether the charge left a group above its `high`.

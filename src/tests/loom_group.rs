@@ -9,8 +9,8 @@ use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::thread;
 
 use crate::cpu::TestCpus;
-use crate::group::refcount::RefCount;
 use crate::group::{GroupId, GroupSpec, Observer, OwnerCell, Tree, TreeConfig};
+use crate::groups::refcount::RefCount;
 
 /// Counts releases and frees of one watched group, and flags its free.
 #[derive(Default)]

@@ -132,7 +132,13 @@ fn last_put_vs_stock_cached_reference() {
         });
         // Offline without waiting for the stock (CPU 1 could be busy): take the base
         // reference away through the node directly, as a concurrent offline would leave it.
-        crate::group::node::Node::offline(g.node_ptr()).unwrap();
+        {
+            let node = g.node();
+            let _topology = node.domain().topology.lock();
+            // SAFETY: the topology flag is held and `g` holds a reference.
+            unsafe { node.offline_locked() }.unwrap();
+        }
+        crate::groups::node::Node::finish_offline(g.node_ptr());
 
         let (t2, root) = (tree.clone(), tree.root());
         let drainer = thread::spawn(move || {
@@ -159,15 +165,8 @@ fn close_vs_refill() {
         let g: Group<TestCpus, 2> = tree.root().create_child(GroupSpec::new()).unwrap();
         let t2 = tree.clone();
         let closer = thread::spawn(move || {
-            let inner = t2.inner();
-            inner.stocks.close();
-            loop {
-                inner.drain_stocks_blocking(None);
-                if inner.stocks.is_drained() {
-                    break;
-                }
-                crate::sync::spin_loop();
-            }
+            // Close, then drain until drained (`Domain::close_caches`).
+            assert!(t2.domain().close_caches());
         });
         on(0, || {
             let _ = g.try_charge(1).unwrap(); // a miss: charges a batch, then refills

@@ -100,7 +100,7 @@ impl OrphanLink {
     }
 }
 
-/// Reclaims the groups of every tree whose [`Tree`](super::Tree) handle was dropped while
+/// Reclaims the groups of every tree whose [`Tree`](crate::group::Tree) handle was dropped while
 /// some of its groups were still referenced, and that have been released since: frees their
 /// memory, and each tree's bookkeeping with its last group.
 ///

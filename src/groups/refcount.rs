@@ -35,6 +35,18 @@
 //! so nothing is lost or counted twice. Only `central` can reach zero, and only after the
 //! kill, because the base reference is part of it until the kill drops it.
 //!
+//! # Where the shards live
+//!
+//! Not in the node: a per-tree [`ShardArena`] keeps them in blocks of [`BLOCK`] groups, one
+//! row per shard *class* (`row[c][g]` is shard `c` of the group in slot `g`), the way Linux's
+//! percpu allocator packs one CPU's copies of many counters densely. A CPU of class `c`
+//! touches only row `c`, so two CPUs of different classes never share a line, while a group
+//! costs 8 bytes per class instead of a padded 128-byte line per shard (8 classes: 64 bytes).
+//! A group's slot number is also its dense index (the stock's direct-mapped table uses it):
+//! slots are handed out lowest-free-first and reused once a group is freed, after its grace
+//! period, when no reader can touch its shards any more; a reused slot's shards are zeroed
+//! before its new owner is published.
+//!
 //! # Orderings
 //!
 //! The Arc recipe: increments are `Relaxed` (a new reference is made from an existing one,
@@ -44,13 +56,15 @@
 //! them onwards through `central`, whose final decrement the freeing thread acquires.
 
 use alloc_crate::boxed::Box;
+use alloc_crate::vec::Vec;
+use core::ptr::NonNull;
 
-use crate::fallible::{OutOfMemory, try_boxed_slice};
-
-use crate::padded::CachePadded;
+use crate::fallible::{OutOfMemory, try_box};
+use crate::sync::SpinFlag;
 #[cfg(not(chargetree_sanitize_thread))]
 use crate::sync::atomic::fence;
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::sync::cell::UnsafeCell;
 
 const DEAD: usize = 1;
 const ONE: usize = 2;
@@ -59,39 +73,169 @@ const BIAS: usize = 1 << (usize::BITS - 2);
 /// shard or on `central` mid-kill cannot reach a false zero either.
 pub(crate) const MANY_MAX: usize = 1 << 16;
 
+/// Groups per arena block: a class's row of a block is `BLOCK` words (512 bytes, 8 lines).
+pub(crate) const BLOCK: usize = 64;
+
+/// The most shard classes a tree uses (`TreeConfig::refcount_shards` clamps to it).
+pub(crate) const MAX_CLASSES: usize = 64;
+
+/// One block of the arena: `classes` rows of [`BLOCK`] shards, row-major.
+struct Block {
+    shards: Box<[AtomicUsize]>,
+}
+
+/// The slot bookkeeping of a [`ShardArena`], guarded by its flag.
+struct Slots {
+    blocks: Vec<NonNull<Block>>,
+    /// Slots given back, reused lowest first would need a heap; reused last-in-first-out,
+    /// which keeps live slots dense as well.
+    free: Vec<usize>,
+    /// Slots ever handed out: `0..next`.
+    next: usize,
+}
+
+/// The shards of every reference count of a tree (see the module docs).
+pub(crate) struct ShardArena {
+    classes: usize,
+    lock: SpinFlag,
+    slots: UnsafeCell<Slots>,
+}
+
+// SAFETY: the block pointers are owned by the arena and freed with it; `slots` is only touched
+// under `lock`; the shards are atomics.
+unsafe impl Send for ShardArena {}
+// SAFETY: see `Send`.
+unsafe impl Sync for ShardArena {}
+
+/// A slot of a [`ShardArena`]: its number (the group's dense index) and its class-0 shard.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slot {
+    pub(crate) index: usize,
+    base: NonNull<AtomicUsize>,
+}
+
+impl ShardArena {
+    /// An arena for counts spread over `classes` shards (rounded up to a power of two,
+    /// clamped to `1..=MAX_CLASSES`). Allocates nothing until the first slot.
+    pub(crate) fn new(classes: usize) -> Self {
+        Self {
+            classes: classes.clamp(1, MAX_CLASSES).next_power_of_two(),
+            lock: SpinFlag::new(),
+            slots: UnsafeCell::new(Slots { blocks: Vec::new(), free: Vec::new(), next: 0 }),
+        }
+    }
+
+    /// Takes a slot whose shards are all zero. `Err` if the allocator refuses a new block.
+    pub(crate) fn alloc(&self) -> Result<Slot, OutOfMemory> {
+        let _g = self.lock.lock();
+        // SAFETY: the flag is held, so the bookkeeping is ours; blocks are alive (freed only
+        // with the arena).
+        let slot = self.slots.with_mut(|s| unsafe {
+            let s = &mut *s;
+            if let Some(index) = s.free.pop() {
+                return Ok(self.slot_at(s, index));
+            }
+            let index = s.next;
+            if index / BLOCK == s.blocks.len() {
+                s.blocks.try_reserve(1).map_err(|_| OutOfMemory)?;
+                s.free.try_reserve(BLOCK).map_err(|_| OutOfMemory)?;
+                let n = self.classes * BLOCK;
+                let shards = crate::fallible::try_boxed_slice(n, |_| AtomicUsize::new(0))?;
+                let block = try_box(Block { shards })?;
+                s.blocks.push(NonNull::from(Box::leak(block)));
+            }
+            s.next = index + 1;
+            Ok(self.slot_at(s, index))
+        })?;
+        Ok(slot)
+    }
+
+    /// The slot `index`, its shards zeroed. The caller holds the flag; `index < next`.
+    fn slot_at(&self, s: &Slots, index: usize) -> Slot {
+        // SAFETY: blocks live as long as the arena.
+        let block = unsafe { s.blocks[index / BLOCK].as_ref() };
+        let base = NonNull::from(&block.shards[index % BLOCK]);
+        for c in 0..self.classes {
+            // ORDERING: Relaxed; the slot is not shared yet (its previous owner was freed
+            // after its grace period; the new owner is published by the node's own
+            // publication, a Release store or the topology flag).
+            block.shards[c * BLOCK + index % BLOCK].store(0, Ordering::Relaxed);
+        }
+        Slot { index, base }
+    }
+
+    /// Gives `slot` back for reuse. Its owner is gone: no reference and no reader can touch
+    /// its shards any more.
+    pub(crate) fn free(&self, slot: Slot) {
+        let _g = self.lock.lock();
+        // SAFETY: the flag is held. `free` has room for every slot ever handed out (reserved
+        // a block at a time in `alloc`), so this push does not allocate.
+        self.slots.with_mut(|s| unsafe { (*s).free.push(slot.index) });
+    }
+}
+
+impl Drop for ShardArena {
+    fn drop(&mut self) {
+        self.slots.with_mut(|s| {
+            // SAFETY: exclusive access (`&mut self`).
+            for b in unsafe { (*s).blocks.drain(..) } {
+                // SAFETY: every block came from `Box::leak` in `alloc` and is freed once.
+                drop(unsafe { Box::from_raw(b.as_ptr()) });
+            }
+        });
+    }
+}
+
 /// A killable sharded reference count. See the module docs for protocol K.
 pub(crate) struct RefCount {
-    shards: Box<[CachePadded<AtomicUsize>]>,
+    /// Shard 0 of this count's slot; shard `c` is `c × BLOCK` words further.
+    base: NonNull<AtomicUsize>,
     mask: usize,
-    central: CachePadded<AtomicUsize>,
+    central: AtomicUsize,
     killed: AtomicBool,
 }
 
+// SAFETY: `base` points into an arena block that outlives the count (the arena is freed with
+// the tree, after every node); the shards are atomics.
+unsafe impl Send for RefCount {}
+// SAFETY: see `Send`.
+unsafe impl Sync for RefCount {}
+
 impl RefCount {
-    /// A live count of `initial` references spread over `shards` (rounded up to a power of
-    /// two, at least 1) shards.
-    /// `Err` if the allocator refuses the shards.
-    pub(crate) fn try_new(initial: usize, shards: usize) -> Result<Self, OutOfMemory> {
-        // Callers clamp `shards` (TreeConfig::refcount_shards), so this cannot overflow.
-        let n = shards.clamp(1, 1 << 16).next_power_of_two();
-        let shards = try_boxed_slice(n, |_| CachePadded::new(AtomicUsize::new(0)))?;
-        Ok(Self {
-            shards,
-            mask: n - 1,
-            central: CachePadded::new(AtomicUsize::new(BIAS.wrapping_add(initial.wrapping_mul(ONE)))),
+    /// A live count of `initial` references in `slot` of `arena`.
+    ///
+    /// # Safety
+    ///
+    /// The arena outlives the count, and the slot is given back only after the count is
+    /// dead and unreachable (see [`ShardArena::free`]).
+    pub(crate) unsafe fn new_in(arena: &ShardArena, slot: Slot, initial: usize) -> Self {
+        Self {
+            base: slot.base,
+            mask: arena.classes - 1,
+            central: AtomicUsize::new(BIAS.wrapping_add(initial.wrapping_mul(ONE))),
             killed: AtomicBool::new(false),
-        })
+        }
     }
 
-    /// [`RefCount::try_new`] for tests, where allocation does not fail.
+    /// A count of `initial` references over `classes` shards in a leaked arena of its own,
+    /// for unit tests and loom models.
     #[cfg(test)]
-    pub(crate) fn new(initial: usize, shards: usize) -> Self {
-        Self::try_new(initial, shards).expect("test allocation")
+    pub(crate) fn new(initial: usize, classes: usize) -> Self {
+        let arena: &'static ShardArena = Box::leak(Box::new(ShardArena::new(classes)));
+        // SAFETY: the arena is leaked; the slot is never given back.
+        unsafe { Self::new_in(arena, arena.alloc().expect("test allocation"), initial) }
     }
 
     #[inline(always)]
     fn shard(&self, hint: usize) -> &AtomicUsize {
-        &self.shards[hint & self.mask]
+        // SAFETY: shard `c < classes` of the slot is `c × BLOCK` words from its class-0 shard,
+        // inside the same block (rows are `BLOCK` words, `classes` of them).
+        unsafe { &*self.base.as_ptr().add((hint & self.mask) * BLOCK) }
+    }
+
+    /// The shards of this count, for a kill's harvest and statistics.
+    fn shards(&self) -> impl Iterator<Item = &AtomicUsize> {
+        (0..=self.mask).map(|c| self.shard(c))
     }
 
     /// Takes one more reference. The caller must already own one (or otherwise know the
@@ -238,7 +382,7 @@ impl RefCount {
         let was = self.killed.swap(true, Ordering::Release);
         debug_assert!(!was, "chargetree: reference count killed twice");
         let mut sum = 0usize;
-        for shard in self.shards.iter() {
+        for shard in self.shards() {
             // ORDERING: AcqRel; see the module docs ("Orderings").
             let old = shard.fetch_or(DEAD, Ordering::AcqRel);
             sum = sum.wrapping_add(old & !DEAD);
@@ -264,7 +408,7 @@ impl RefCount {
             return central / ONE;
         }
         let mut sum = central.wrapping_sub(BIAS);
-        for shard in self.shards.iter() {
+        for shard in self.shards() {
             sum = sum.wrapping_add(shard.load(Ordering::Relaxed) & !DEAD);
         }
         sum / ONE
@@ -276,7 +420,7 @@ impl core::fmt::Debug for RefCount {
         f.debug_struct("RefCount")
             .field("count", &self.count())
             .field("killed", &self.is_killed())
-            .field("shards", &self.shards.len())
+            .field("shards", &(self.mask + 1))
             .finish()
     }
 }

@@ -27,7 +27,7 @@ use core::fmt;
 use core::ptr::{self, NonNull};
 
 use super::node::Node;
-use super::{Group, GroupId, GroupRef, Tree};
+use super::{Group, GroupId, GroupRef};
 use crate::counter::ChargeError;
 use crate::cpu::{CpuProvider, DefaultCpus};
 use crate::epoch::Guard;
@@ -116,18 +116,17 @@ impl fmt::Display for MoveError {
 impl core::error::Error for MoveError {}
 
 impl<P: CpuProvider, const K: usize> OwnerCell<P, K> {
-    /// An empty cell for groups of `tree`.
-    #[must_use]
-    pub fn empty(tree: &Tree<P, K>) -> Self {
-        // SAFETY: the handle owns a share of the tree; we only read its identity.
-        let identity = unsafe { tree.inner_ptr().as_ref() }.identity();
-        Self { ptr: AtomicPtr::new(ptr::null_mut()), tree: identity }
+    /// An empty cell for groups of the tree whose identity is `tree`
+    /// ([`Domain::identity`](super::domain::Domain::identity)); `OwnerCell::empty` is the
+    /// public constructor, one layer up.
+    pub(crate) fn empty_for(tree: usize) -> Self {
+        Self { ptr: AtomicPtr::new(ptr::null_mut()), tree }
     }
 
     /// A cell holding `group`'s reference.
     #[must_use]
     pub fn new(group: Group<P, K>) -> Self {
-        let tree = group.node().tree().identity();
+        let tree = group.node().domain().identity();
         Self { ptr: AtomicPtr::new(group.into_node().as_ptr()), tree }
     }
 
@@ -149,7 +148,7 @@ impl<P: CpuProvider, const K: usize> OwnerCell<P, K> {
     #[track_caller]
     fn check_group(&self, group: &Group<P, K>) {
         assert!(
-            group.node().tree().identity() == self.tree,
+            group.node().domain().identity() == self.tree,
             "chargetree: an owner cell holds groups of one tree only"
         );
     }
@@ -226,13 +225,13 @@ impl<P: CpuProvider, const K: usize> OwnerCell<P, K> {
     /// Moving to the group the cell already points at succeeds and changes nothing. Pins the
     /// tree's epoch: not for allocator paths.
     pub fn move_charge(&self, to: &Group<P, K>, amount: usize) -> Result<(), MoveError> {
-        if to.node().tree().identity() != self.tree {
+        if to.node().domain().identity() != self.tree {
             return Err(MoveError::OtherTree);
         }
         // Pinned for the whole move: the group the cell points at when it is loaded below is
         // not freed (hence its address not reused by another group) before the exchange,
         // so comparing that pointer with `to`'s and exchanging it are not fooled by an ABA.
-        let _guard = to.node().tree().pin_internal();
+        let _guard = to.node().domain().pin_internal();
         // ORDERING: Acquire, as in `load`. The pointer is only compared, never dereferenced,
         // until the exchange below has given us its reference.
         let from = self.ptr.load(Ordering::Acquire);

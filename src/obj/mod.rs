@@ -1,80 +1,10 @@
-//! Byte-granular object charging (Linux's `obj_cgroup` and object stock, `obj_cgroup_charge()`
-//! and `refill_obj_stock()` in `mm/memcontrol.c`).
-//!
-//! An [`ObjGroup`] stands between objects and their group. Objects hold a reference to the
-//! `ObjGroup` (not to the group); the `ObjGroup` points at a group and owns one reference on
-//! it. Charges are in bytes: whole units are charged to the group through the unit engine
-//! (stock, limits, reclaim), and the sub-unit remainder is parked in this CPU's *object
-//! stock* (one cached `ObjGroup` and its bytes per CPU) or, when that stock is flushed, in
-//! the `ObjGroup`'s own `nr_charged_bytes`. So for every `ObjGroup` at quiescence:
-//!
-//! > `unit × units charged through it = object bytes + stocked bytes + nr_charged_bytes`
-//!
-//! (Linux's O1), and when it is released, its objects are gone and no stock caches it, so
-//! `nr_charged_bytes` is a whole number of units, which are then uncharged from the group it
-//! points at by then (O2).
-//!
-//! # Reparenting (Linux's `memcg_reparent_objcgs`)
-//!
-//! When a group goes offline, every `ObjGroup` on its list (its own active one and those
-//! inherited from its removed descendants) is pointed at the parent, and the list is spliced
-//! onto the parent's, in one critical section of the tree's topology flag. Each `ObjGroup`'s
-//! reference moves with the pointer (get on the parent, put on the dying group), so the
-//! dying group is released as soon as its own handles are gone, while objects charged
-//! through its `ObjGroup`s live on; their uncharges land on the parent, which already counted
-//! those charges hierarchically. The dying group keeps a residue that is never uncharged,
-//! and is freed with it (Linux's O3: reparenting moves ownership, not charges).
-//!
-//! # Protocol R (reader of `ObjGroup → group` vs reparenting)
-//!
-//! Byte charging runs inside allocators, so it may not pin an epoch. A reader of the group
-//! pointer instead announces itself on the `ObjGroup`:
-//!
-//! | step | reader (`current_group`) | reparenter (`reparent`) |
-//! |------|--------------------------|-------------------------|
-//! | 1 | `readers.fetch_add(1)` (SeqCst) | `get(parent)`; `old = group.swap(parent)` (SeqCst) |
-//! | 2 | `g = group.load()` (SeqCst) | (loom only: `fence(SeqCst)`) |
-//! | 3 | `get(g)`: a handle, legal because the `ObjGroup`'s reference on `g` cannot be put yet | wait until `readers == 0` (SeqCst loads), after releasing the topology flag, pinned |
-//! | 4 | `readers.fetch_sub(1)` (Release) | `put(old)` |
-//!
-//! Either the reader's load sees the parent, or the reparenter's wait sees the reader and
-//! waits for step 4; so `old` is never put while a reader may still be taking a handle on
-//! it. Reader sections are a handful of instructions (the long work happens on the handle,
-//! after step 4), so the wait is short; it happens outside the topology flag (the
-//! reparenter stays pinned, so the `ObjGroup`s it waits on are not freed meanwhile), so a
-//! reader preempted in its section delays only this offline, never other topology changes.
-//!
-//! # Objects and their references
-//!
-//! Each live object should own a reference on its `ObjGroup` (so the uncharge finds it).
-//! Taking it with a clone costs an atomic read-modify-write per object, and giving it back
-//! another: about as much as the byte charge itself costs without them.
-//! [`ObjGroup::charge_object`] and [`ObjGroup::uncharge_object`] do both jobs in one visit
-//! to the object stock, which also caches spare references (taken
-//! [`OBJ_REF_BATCH`](crate::stock::OBJ_REF_BATCH) at a time, at most two batches per CPU,
-//! all given back when the stock is drained): in the steady state an object costs no atomic
-//! read-modify-write at all. The reference is the same kind [`ObjGroup::into_raw`] returns,
-//! so the two styles mix.
-//!
-//! ```
-//! use chargetree::group::{GroupSpec, Tree};
-//! use chargetree::objgroup::ObjGroup;
-//!
-//! let tree = Tree::new();
-//! let tenant = tree.root().create_child(GroupSpec::new().max(100)).unwrap();
-//! let objs = tenant.obj_group().unwrap();
-//! // An allocation of 200 bytes: charge it and store the reference in its header.
-//! let header = objs.charge_object(200).unwrap().object;
-//! // One 4 KiB unit is charged, plus what this CPU's unit stock pre-charged for later.
-//! assert!(tenant.counter().usage() >= 1);
-//! // Its free: only the header is needed.
-//! // SAFETY: `header` came from `charge_object` on this tree's `ObjGroup`, once.
-//! unsafe { <ObjGroup>::uncharge_object(header, 200) };
-//! // Draining the stocks returns the cached unit and the spare references.
-//! let _ = tree.drain_all(&tenant);
-//! assert_eq!(tenant.counter().usage(), 0);
-//! assert_eq!(objs.ref_count(), 2); // the handle and the group's own
-//! ```
+//! The object layer (layer 5, above groups and the charge engine): [`ObjGroup`]s, the
+//! per-CPU object stock (`stock.rs`), byte charging through whole units, and the
+//! reparenting of `ObjGroup`s when their group goes offline (protocol R). It adds
+//! [`Group::obj_group`] to the group handle. The public docs are those of
+//! [`chargetree::objgroup`](crate::objgroup).
+
+pub(crate) mod stock;
 
 use alloc_crate::boxed::Box;
 use core::fmt;
@@ -84,14 +14,93 @@ use core::ptr::{self, NonNull};
 use crate::cpu::{CpuProvider, DefaultCpus};
 use crate::engine::{ChargeFailure, ChargeOptions, Charged};
 use crate::fallible::{OutOfMemory, try_box};
-use crate::group::node::Node;
-use crate::group::refcount::RefCount;
-use crate::group::tree::TreeInner;
-use crate::group::{Group, GroupId};
+use crate::groups::domain::{Domain, Released, UPPER_OBJ};
+use crate::groups::node::Node;
+use crate::groups::refcount::{RefCount, Slot};
+use crate::groups::{Group, GroupError, GroupId, reclaim_orphans};
 use crate::stock::STOCK_SLOTS;
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::sync::cell::UnsafeCell;
 use crate::sync::{dekker_fence, spin_loop};
+use stock::ObjStock;
+
+/// How many reparented `ObjGroup`s an offline waits for outside the topology flag (the rest,
+/// if a group collected more, are waited for under it).
+const REPARENT_BATCH: usize = 32;
+
+/// The object layer's share of a tree: the object stock, the unit size and the `ObjGroup`
+/// counts. The tree builds it beside the group layer's domain and installs a pointer to it
+/// there (`UPPER_OBJ`), and the stock as the domain's upper per-CPU cache.
+pub(crate) struct ObjTree<P: CpuProvider, const K: usize> {
+    pub(crate) stock: ObjStock<P, K>,
+    /// Bytes per unit.
+    pub(crate) unit_bytes: usize,
+    domain: *const Domain<P, K>,
+    created: AtomicUsize,
+    freed: AtomicUsize,
+    stray_bytes: AtomicUsize,
+}
+
+// SAFETY: `domain` points at the domain whose allocation this state lives in; the rest is
+// atomics and the stock (`Send + Sync`).
+unsafe impl<P: CpuProvider, const K: usize> Send for ObjTree<P, K> {}
+// SAFETY: see `Send`.
+unsafe impl<P: CpuProvider, const K: usize> Sync for ObjTree<P, K> {}
+
+/// The object layer's counts, for `TreeStats`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ObjCounts {
+    pub(crate) created: usize,
+    pub(crate) freed: usize,
+    pub(crate) stray_bytes: usize,
+}
+
+impl<P: CpuProvider, const K: usize> ObjTree<P, K> {
+    pub(crate) fn try_new(count: usize, unit_bytes: usize) -> Result<Self, OutOfMemory> {
+        Ok(Self {
+            stock: ObjStock::try_new(count, unit_bytes)?,
+            unit_bytes,
+            domain: ptr::null(),
+            created: AtomicUsize::new(0),
+            freed: AtomicUsize::new(0),
+            stray_bytes: AtomicUsize::new(0),
+        })
+    }
+
+    /// Names the tree's domain.
+    ///
+    /// # Safety
+    ///
+    /// The domain outlives this state (they share one allocation), which does not move.
+    pub(crate) unsafe fn bind(&mut self, domain: *const Domain<P, K>) {
+        self.domain = domain;
+        // SAFETY: forwarded.
+        unsafe { self.stock.bind(domain) };
+    }
+
+    /// The object layer's state of the tree `domain` belongs to.
+    #[inline]
+    pub(crate) fn of(domain: &Domain<P, K>) -> &Self {
+        // SAFETY: the tree installs a pointer to its `ObjTree<P, K>` at `UPPER_OBJ` before
+        // the domain is shared, in the same allocation (`Domain::set_upper`).
+        unsafe { &*domain.upper(UPPER_OBJ).cast::<Self>() }
+    }
+
+    #[inline(always)]
+    pub(crate) fn domain(&self) -> &Domain<P, K> {
+        // SAFETY: set by `bind`; the domain outlives this state.
+        unsafe { &*self.domain }
+    }
+
+    pub(crate) fn counts(&self) -> ObjCounts {
+        // ORDERING: Relaxed; statistics.
+        ObjCounts {
+            created: self.created.load(Ordering::Relaxed),
+            freed: self.freed.load(Ordering::Relaxed),
+            stray_bytes: self.stray_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// Bytes per unit unless the tree is configured otherwise (units are 4 KiB pages).
 pub const DEFAULT_UNIT_BYTES: usize = 4096;
@@ -108,11 +117,14 @@ pub(crate) struct ObjNode<P: CpuProvider, const K: usize> {
     readers: AtomicUsize,
     /// Byte remainders flushed from object stocks, already charged in whole units.
     nr_charged_bytes: AtomicUsize,
-    tree: NonNull<TreeInner<P, K>>,
+    tree: NonNull<ObjTree<P, K>>,
+    /// The count's slot in the domain's shard arena.
+    slot: Slot,
     /// Links of the owner group's list of `ObjGroup`s; only under the topology flag.
-    pub(crate) prev: UnsafeCell<*mut ObjNode<P, K>>,
-    pub(crate) next: UnsafeCell<*mut ObjNode<P, K>>,
-    pub(crate) next_released: AtomicPtr<ObjNode<P, K>>,
+    prev: UnsafeCell<*mut ObjNode<P, K>>,
+    next: UnsafeCell<*mut ObjNode<P, K>>,
+    /// The node's header on the domain's released list.
+    released: Released,
 }
 
 // SAFETY: shared state is atomics or guarded by the topology flag; the group pointer owns a
@@ -133,21 +145,26 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
     pub(crate) unsafe fn alloc(
         group: NonNull<Node<P, K>>,
         initial: usize,
-        shards: usize,
     ) -> Result<NonNull<Self>, OutOfMemory> {
         // SAFETY: the caller holds a reference.
         let g = unsafe { group.as_ref() };
-        let refs = RefCount::try_new(initial, shards)?;
+        let arena = &g.domain().arena;
+        let slot = arena.alloc()?;
+        // SAFETY: the arena lives in the domain, which outlives the node; the slot is given
+        // back in `free` or `discard`.
+        let refs = unsafe { RefCount::new_in(arena, slot, initial) };
         let node = try_box(ObjNode {
             refs,
             group: AtomicPtr::new(group.as_ptr()),
             readers: AtomicUsize::new(0),
             nr_charged_bytes: AtomicUsize::new(0),
-            tree: g.tree,
+            tree: NonNull::from(ObjTree::of(g.domain())),
+            slot,
             prev: UnsafeCell::new(ptr::null_mut()),
             next: UnsafeCell::new(ptr::null_mut()),
-            next_released: AtomicPtr::new(ptr::null_mut()),
-        })?;
+            released: Released::new(Self::free_released),
+        })
+        .inspect_err(|_| arena.free(slot))?;
         // The node's reference on its group, taken once nothing can fail any more.
         g.refs.get(g.hint());
         Ok(NonNull::from(Box::leak(node)))
@@ -163,20 +180,22 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
         let node = unsafe { Box::from_raw(this.as_ptr()) };
         // ORDERING: Relaxed; nobody else has seen the node.
         let group = node.group.load(Ordering::Relaxed);
+        let slot = node.slot;
+        node.tree().domain().arena.free(slot);
         drop(node);
         // SAFETY: the reference `alloc` took.
         unsafe { Node::put(NonNull::new_unchecked(group)) };
     }
 
     #[inline]
-    pub(crate) fn tree(&self) -> &TreeInner<P, K> {
+    pub(crate) fn tree(&self) -> &ObjTree<P, K> {
         // SAFETY: the tree outlives every node that can reach it.
         unsafe { self.tree.as_ref() }
     }
 
     #[inline(always)]
     pub(crate) fn hint(&self) -> usize {
-        self.tree().cpus.current().unwrap_or(0)
+        self.tree().domain().hint()
     }
 
     /// A handle to the current owner group (protocol R, reader side). Allocation-free and
@@ -235,6 +254,24 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
     /// whole units, those are uncharged too (Linux leaves them parked until the `ObjGroup`
     /// is released; returning them early keeps usage within a unit of the truth).
     pub(crate) fn flush_bytes(&self, bytes: usize) {
+        let units = self.park_bytes(bytes);
+        if units > 0 {
+            self.current_group().uncharge_counted(units);
+        }
+    }
+
+    /// [`ObjNode::flush_bytes`] for a remote drainer: the whole units go straight to the
+    /// counters, never into the calling CPU's unit stock (a drain must not refill the
+    /// drainer's stock, nor evict its entries).
+    pub(crate) fn flush_bytes_to_counters(&self, bytes: usize) {
+        let units = self.park_bytes(bytes);
+        if units > 0 {
+            self.current_group().counter().uncharge_counted(units);
+        }
+    }
+
+    /// Parks the sub-unit part of `bytes`; returns the whole units to uncharge.
+    fn park_bytes(&self, bytes: usize) -> usize {
         let unit = self.tree().unit_bytes;
         let (mut units, rem) = (bytes / unit, bytes % unit);
         if rem > 0 {
@@ -257,9 +294,7 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
                 }
             }
         }
-        if units > 0 {
-            self.current_group().uncharge_counted(units);
-        }
+        units
     }
 
     /// Takes the parked remainder (to seed an object stock).
@@ -307,13 +342,29 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
     /// The count of `this` reached zero and nobody else releases it.
     #[cold]
     pub(crate) unsafe fn release(this: NonNull<Self>) {
-        // SAFETY: ours until published (count zero, not yet on the list). Read before the
-        // push: once the node is on the list, another thread's reclamation may free it (we
-        // are not pinned).
-        let tree = unsafe { this.as_ref() }.tree;
-        // SAFETY: the tree is alive (this unpublished node keeps its group, hence the root
+        // Read before the push: once the node is on the list, another thread's reclamation
+        // may free it (we are not pinned).
+        let (domain, header) = {
+            // SAFETY: ours until published (count zero, not yet on the list).
+            let node = unsafe { this.as_ref() };
+            (NonNull::from(node.tree().domain()), NonNull::from(&node.released))
+        };
+        // SAFETY: the domain is alive (this unpublished node keeps its group, hence the root
         // and a share); no borrow of it is held here.
-        unsafe { TreeInner::publish_released(tree, |t| t.push_released_obj(this)) };
+        unsafe { Domain::publish_released(domain, |d| d.push_released(header)) };
+    }
+
+    /// The released list's free function for `ObjGroup` nodes.
+    ///
+    /// # Safety
+    ///
+    /// As [`ObjNode::free`], for the node whose header `header` is.
+    unsafe fn free_released(header: NonNull<Released>) {
+        // SAFETY: the header is the `released` field of an `ObjNode` (the only headers this
+        // function is installed in), so stepping back by its offset gives the node.
+        let this = unsafe { header.byte_sub(core::mem::offset_of!(Self, released)) }.cast::<Self>();
+        // SAFETY: forwarded.
+        unsafe { Self::free(this) };
     }
 
     /// Frees a released node after the grace period: uncharges its parked whole units from
@@ -329,11 +380,11 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
         // The owner cannot change any more: reparenting only visits nodes on a group's list,
         // and we unlink under the same flag.
         let owner = {
-            let _topology = tree.topology.lock();
+            let _topology = tree.domain().topology.lock();
             // ORDERING: Relaxed; stable under the topology flag, which reparenting holds.
             let owner = node.group.load(Ordering::Relaxed);
             // SAFETY: the flag is held; `owner` is alive (we hold a reference on it).
-            unsafe { Node::unlink_obj(NonNull::new_unchecked(owner), this) };
+            unsafe { unlink_obj(NonNull::new_unchecked(owner), this) };
             owner
         };
         // ORDERING: Relaxed; no object and no stock can add to it any more.
@@ -353,11 +404,16 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
             owner.counter().uncharge_counted(units);
         }
         if stray > 0 {
-            tree.note_stray_bytes(stray);
+            // ORDERING: Relaxed; a statistic.
+            tree.stray_bytes.fetch_add(stray, Ordering::Relaxed);
         }
+        let slot = node.slot;
         // SAFETY: allocated by `alloc` with `Box::leak`, freed once, here.
         drop(unsafe { Box::from_raw(this.as_ptr()) });
-        tree.note_obj_freed();
+        // The grace period has passed and the node is gone: nobody can touch its shards.
+        tree.domain().arena.free(slot);
+        // ORDERING: Relaxed; a statistic.
+        tree.freed.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the owner reference above; we run inside the collector, driven by a
         // reclamation loop of this tree.
         unsafe { Node::put_in_collector(owner_ptr) };
@@ -438,8 +494,8 @@ impl<P: CpuProvider, const K: usize> ObjGroup<P, K> {
     #[inline(always)]
     pub fn charge_bytes_with(&self, bytes: usize, options: ChargeOptions) -> Result<Charged, ChargeFailure> {
         let tree = self.node().tree();
-        let cpu = tree.cpus.current();
-        if tree.stocks.consume_obj(cpu, self.node, bytes, false) {
+        let cpu = tree.domain().cpus.current();
+        if tree.stock.consume(cpu, self.node, bytes, false) {
             return Ok(Charged::default());
         }
         self.charge_bytes_slow(cpu, bytes, options)
@@ -467,7 +523,7 @@ impl<P: CpuProvider, const K: usize> ObjGroup<P, K> {
         if rem > 0 {
             // The remainder is charged but not used: park it, without uncharging whole units
             // (Linux's `allow_uncharge = false`), so the next small charge finds it.
-            tree.stocks.refill_obj(cpu, self.node, rem, false, false);
+            tree.stock.refill(cpu, self.node, rem, false, false);
         }
         Ok(charged)
     }
@@ -479,7 +535,7 @@ impl<P: CpuProvider, const K: usize> ObjGroup<P, K> {
     #[inline(always)]
     pub fn uncharge_bytes(&self, bytes: usize) {
         let tree = self.node().tree();
-        tree.stocks.refill_obj(tree.cpus.current(), self.node, bytes, true, false);
+        tree.stock.refill(tree.domain().cpus.current(), self.node, bytes, true, false);
     }
 
     /// Charges `bytes` for one object and takes the object's reference on this `ObjGroup`,
@@ -501,8 +557,8 @@ impl<P: CpuProvider, const K: usize> ObjGroup<P, K> {
         options: ChargeOptions,
     ) -> Result<ObjectCharge, ChargeFailure> {
         let tree = self.node().tree();
-        let cpu = tree.cpus.current();
-        if tree.stocks.consume_obj(cpu, self.node, bytes, true) {
+        let cpu = tree.domain().cpus.current();
+        if tree.stock.consume(cpu, self.node, bytes, true) {
             return Ok(ObjectCharge { object: self.node.cast(), charged: Charged::default() });
         }
         let charged = self.charge_bytes_slow(cpu, bytes, options)?;
@@ -529,7 +585,7 @@ impl<P: CpuProvider, const K: usize> ObjGroup<P, K> {
         // SAFETY: `object` owns a reference (caller's obligation), so the node is alive.
         let tree = unsafe { node.as_ref() }.tree();
         // The reference is given up inside (kept as a spare or put), after the bytes.
-        tree.stocks.refill_obj(tree.cpus.current(), node, bytes, true, true);
+        tree.stock.refill(tree.domain().cpus.current(), node, bytes, true, true);
     }
 
     /// The number of references on this `ObjGroup`: handles, objects' references, the
@@ -564,7 +620,7 @@ impl<P: CpuProvider, const K: usize> ObjGroup<P, K> {
     /// units, not yet handed out). A racy statistic.
     #[must_use]
     pub fn cached_bytes(&self) -> usize {
-        self.node().tree().stocks.cached_bytes(self.node)
+        self.node().tree().stock.cached_bytes(self.node)
     }
 }
 
@@ -591,5 +647,251 @@ impl<P: CpuProvider, const K: usize> fmt::Debug for ObjGroup<P, K> {
             .field("group", &self.node().current_group_id())
             .field("parked_bytes", &self.parked_bytes())
             .finish_non_exhaustive()
+    }
+}
+
+impl<P: CpuProvider, const K: usize> Group<P, K> {
+    /// The `ObjGroup` to charge objects of this group through, in bytes: the group's own
+    /// while it is online (created on first use), else the nearest online ancestor's
+    /// (Linux's `get_obj_cgroup_from_memcg`). `None` once the tree is being dropped, or if
+    /// the allocator refused the memory for a new one ([`Group::try_obj_group`] says which).
+    ///
+    /// Not for allocator paths (it pins the epoch and may allocate); take it once and keep
+    /// the handle.
+    #[must_use]
+    pub fn obj_group(&self) -> Option<ObjGroup<P, K>> {
+        self.try_obj_group().ok()
+    }
+
+    /// [`Group::obj_group`], with the reason of a failure: [`GroupError::TreeClosed`] once
+    /// the tree is being dropped, [`GroupError::OutOfMemory`] if the allocator refused the
+    /// memory for a new `ObjGroup` (nothing is left allocated then).
+    pub fn try_obj_group(&self) -> Result<ObjGroup<P, K>, GroupError> {
+        reclaim_orphans();
+        let domain = self.node().domain();
+        let _guard = domain.pin_internal();
+        let mut n = Some(self.node_ptr());
+        while let Some(xp) = n {
+            // SAFETY: this group or an ancestor, kept alive by this handle.
+            let x = unsafe { xp.as_ref() };
+            // ORDERING: Acquire pairs with the Release store in `install_obj` and the AcqRel
+            // swap at offline.
+            if let Some(o) = NonNull::new(x.obj_active.load(Ordering::Acquire).cast::<ObjNode<P, K>>()) {
+                // SAFETY: loaded under a guard from a pointer that owned a reference, so the
+                // node is not freed before the guard is dropped (its free is deferred).
+                let on = unsafe { o.as_ref() };
+                if on.refs.tryget(on.hint()) {
+                    // SAFETY: the reference just taken.
+                    return Ok(unsafe { ObjGroup::from_node(o) });
+                }
+            } else if x.is_online() {
+                if let Some(o) = install_obj(xp)? {
+                    return Ok(o);
+                }
+                continue; // lost a race (another creator, or an offline): look again
+            }
+            n = x.parent;
+        }
+        Err(GroupError::TreeClosed)
+    }
+}
+
+/// Creates `x`'s own `ObjGroup` and installs it as active, unless `x` went offline or got one
+/// meanwhile. Returns a handle to the new one.
+fn install_obj<P: CpuProvider, const K: usize>(
+    xp: NonNull<Node<P, K>>,
+) -> Result<Option<ObjGroup<P, K>>, GroupError> {
+    // SAFETY: the caller's handle keeps `xp` (this group or an ancestor) alive.
+    let x = unsafe { xp.as_ref() };
+    let domain = x.domain();
+    // Two references: the group's active one and the returned handle.
+    // SAFETY: the caller's handle keeps `x` referenced (it is this group or an ancestor), so
+    // the reference `alloc` takes on it is legal; the tree outlives the node.
+    let obj = unsafe { ObjNode::alloc(xp, 2) }.map_err(|_| GroupError::OutOfMemory)?;
+    let installed = {
+        let _topology = domain.topology.lock();
+        // ORDERING: Relaxed; both are only written under the topology flag.
+        let ok = x.is_online()
+            && !domain.closing.load(Ordering::Relaxed)
+            && x.obj_active.load(Ordering::Relaxed).is_null();
+        if ok {
+            // SAFETY: topology flag held; `obj` is new.
+            unsafe { link_obj(xp, obj) };
+            // ORDERING: Release pairs with the Acquire load in `obj_group`.
+            x.obj_active.store(obj.as_ptr().cast(), Ordering::Release);
+        }
+        ok
+    };
+    if installed {
+        // ORDERING: Relaxed; a statistic.
+        ObjTree::of(domain).created.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: one of the two initial references is the handle's.
+        Ok(Some(unsafe { ObjGroup::from_node(obj) }))
+    } else {
+        // SAFETY: never shared; drop it together with the reference it took on `x`.
+        unsafe { ObjNode::discard(obj) };
+        Ok(None)
+    }
+}
+
+/// The head of `node`'s list of `ObjGroup`s (the object layer's field of the node).
+///
+/// # Safety
+///
+/// The topology flag is held.
+unsafe fn list_head<P: CpuProvider, const K: usize>(node: NonNull<Node<P, K>>) -> *mut ObjNode<P, K> {
+    // SAFETY: the caller holds the flag, which guards the field; the node is alive.
+    unsafe { (*node.as_ptr()).obj_list.with(|h| (*h).cast()) }
+}
+
+/// Sets the head of `node`'s list of `ObjGroup`s.
+///
+/// # Safety
+///
+/// The topology flag is held.
+unsafe fn set_list_head<P: CpuProvider, const K: usize>(node: NonNull<Node<P, K>>, head: *mut ObjNode<P, K>) {
+    // SAFETY: as in `list_head`.
+    unsafe { (*node.as_ptr()).obj_list.with_mut(|h| *h = head.cast()) };
+}
+
+/// Links `obj` at the head of group `this`'s `ObjGroup` list.
+///
+/// # Safety
+///
+/// The topology flag is held; `obj` is alive and not linked.
+unsafe fn link_obj<P: CpuProvider, const K: usize>(this: NonNull<Node<P, K>>, obj: NonNull<ObjNode<P, K>>) {
+    // SAFETY: caller holds the topology flag, which guards every list link; the nodes touched
+    // are alive (linked ones are not freed before they unlink under the flag).
+    unsafe {
+        let head = list_head(this);
+        obj.as_ref().next.with_mut(|n| *n = head);
+        obj.as_ref().prev.with_mut(|p| *p = ptr::null_mut());
+        if !head.is_null() {
+            (*head).prev.with_mut(|p| *p = obj.as_ptr());
+        }
+        set_list_head(this, obj.as_ptr());
+    }
+}
+
+/// Unlinks `obj` from group `this`'s `ObjGroup` list.
+///
+/// # Safety
+///
+/// The topology flag is held and `obj` is on `this`'s list.
+unsafe fn unlink_obj<P: CpuProvider, const K: usize>(this: NonNull<Node<P, K>>, obj: NonNull<ObjNode<P, K>>) {
+    // SAFETY: as in `link_obj`.
+    unsafe {
+        let (prev, next) = (obj.as_ref().prev.with(|p| *p), obj.as_ref().next.with(|n| *n));
+        if prev.is_null() {
+            set_list_head(this, next);
+        } else {
+            (*prev).next.with_mut(|n| *n = next);
+        }
+        if !next.is_null() {
+            (*next).prev.with_mut(|p| *p = prev);
+        }
+    }
+}
+
+/// What an offline moved off its group, under the topology flag: the references on the dying
+/// group its `ObjGroup`s gave up, the `ObjGroup`s whose readers are still to be waited for
+/// (protocol R, step 3), and the group's own active `ObjGroup`, whose reference the offline
+/// kills.
+pub(crate) struct Reparented<P: CpuProvider, const K: usize> {
+    moved: usize,
+    pending: arrayvec::ArrayVec<NonNull<ObjNode<P, K>>, REPARENT_BATCH>,
+    active: *mut ObjNode<P, K>,
+}
+
+/// Points every `ObjGroup` on `this`'s list at `parent` and moves the list to the parent
+/// (Linux's `memcg_reparent_objcgs`), and takes the group's active `ObjGroup` away. The
+/// caller then releases the flag and calls [`finish_reparent`]. Beyond [`REPARENT_BATCH`]
+/// reparented `ObjGroup`s, the rest's readers are waited for here.
+///
+/// # Safety
+///
+/// The topology flag is held; the caller holds references on `this` and `parent`, and is
+/// pinned (so that the returned `ObjGroup`s are not freed before it unpins).
+pub(crate) unsafe fn reparent_locked<P: CpuProvider, const K: usize>(
+    this: NonNull<Node<P, K>>,
+    parent: NonNull<Node<P, K>>,
+) -> Reparented<P, K> {
+    let mut r = Reparented { moved: 0, pending: arrayvec::ArrayVec::new(), active: ptr::null_mut() };
+    // SAFETY: the flag is held (caller), so the lists are ours to walk and change; every
+    // listed `ObjGroup` is alive (it unlinks under the flag before being freed).
+    unsafe {
+        let mut o = list_head(this);
+        let mut tail = ptr::null_mut();
+        while let Some(obj) = NonNull::new(o) {
+            let old = obj.as_ref().reparent(parent);
+            debug_assert!(old == this, "an ObjGroup on a group's list points at that group");
+            if r.pending.try_push(obj).is_err() {
+                obj.as_ref().wait_for_readers();
+            }
+            r.moved += 1;
+            tail = o;
+            o = obj.as_ref().next.with(|n| *n);
+        }
+        if let Some(tail) = NonNull::new(tail) {
+            // Splice the whole list in front of the parent's.
+            let head = list_head(this);
+            let phead = list_head(parent);
+            tail.as_ref().next.with_mut(|n| *n = phead);
+            if !phead.is_null() {
+                (*phead).prev.with_mut(|p| *p = tail.as_ptr());
+            }
+            set_list_head(parent, head);
+            set_list_head(this, ptr::null_mut());
+        }
+    }
+    r.active = take_active(this);
+    r
+}
+
+/// Takes `this` group's active `ObjGroup` away (at offline, or the root's at the tree's
+/// drop); the caller kills its reference with [`finish_reparent`]. The caller holds the
+/// topology flag or is the tree's drop.
+pub(crate) fn take_active<P: CpuProvider, const K: usize>(this: NonNull<Node<P, K>>) -> *mut ObjNode<P, K> {
+    // SAFETY: the caller holds a reference on `this`.
+    let node = unsafe { this.as_ref() };
+    // ORDERING: AcqRel; pairs with the Acquire load in `Group::obj_group`.
+    node.obj_active.swap(ptr::null_mut(), Ordering::AcqRel).cast()
+}
+
+/// The rest of an offline's reparenting, after the topology flag is released (still
+/// pinned): waits for the readers of the reparented `ObjGroup`s (protocol R, step 3), puts
+/// the references they held on `this`, and kills the group's reference on its own
+/// `ObjGroup` (Linux's `percpu_ref_kill` on the objcg), from which on its zero can be seen.
+///
+/// # Safety
+///
+/// `r` came from [`reparent_locked`] (or a `Reparented::active_only`) on `this`; the caller
+/// holds a reference on `this` and has stayed pinned since.
+pub(crate) unsafe fn finish_reparent<P: CpuProvider, const K: usize>(
+    this: NonNull<Node<P, K>>,
+    r: Reparented<P, K>,
+) {
+    for obj in &r.pending {
+        // SAFETY: reparented under the flag; we are pinned since before, so it is not freed.
+        unsafe { obj.as_ref() }.wait_for_readers();
+    }
+    for _ in 0..r.moved {
+        // SAFETY: each reparented `ObjGroup` handed us the reference it held on this node;
+        // the caller's handle keeps the count above zero.
+        unsafe { Node::put(this) };
+    }
+    if let Some(active) = NonNull::new(r.active) {
+        // SAFETY: the reference `obj_active` owned.
+        if unsafe { active.as_ref() }.refs.kill() {
+            // SAFETY: that was the last reference.
+            unsafe { ObjNode::release(active) };
+        }
+    }
+}
+
+impl<P: CpuProvider, const K: usize> Reparented<P, K> {
+    /// Nothing reparented, only the active `ObjGroup` `active` to kill (the root's).
+    pub(crate) fn active_only(active: *mut ObjNode<P, K>) -> Self {
+        Self { moved: 0, pending: arrayvec::ArrayVec::new(), active }
     }
 }

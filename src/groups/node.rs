@@ -28,23 +28,16 @@
 use alloc_crate::boxed::Box;
 use core::ptr::{self, NonNull};
 
+use super::domain::{Domain, Released};
 use super::events::{Event, Events};
-use super::refcount::RefCount;
-use super::tree::TreeInner;
+use super::refcount::{RefCount, Slot};
 use super::{GroupError, GroupId, GroupSpec};
 use crate::counter::Counter;
 use crate::cpu::CpuProvider;
 use crate::fallible::{try_box, try_box_str};
-use crate::objgroup::ObjNode;
+use crate::stock::units::StockOwner;
 use crate::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 use crate::sync::cell::UnsafeCell;
-
-/// How many reparented `ObjGroup`s an offline waits for outside the topology flag (the rest,
-/// if a group collected more, are waited for under it).
-const REPARENT_BATCH: usize = 32;
-
-/// The `ObjGroup`s an offline reparented and still has to wait for.
-type Reparented<P, const K: usize> = arrayvec::ArrayVec<NonNull<ObjNode<P, K>>, REPARENT_BATCH>;
 
 pub(crate) const ONLINE: u8 = 0;
 pub(crate) const OFFLINE: u8 = 1;
@@ -61,20 +54,24 @@ pub(crate) struct Topo<P: CpuProvider, const K: usize> {
 pub(crate) struct Node<P: CpuProvider, const K: usize> {
     pub(crate) counter: Counter<'static>,
     pub(crate) refs: RefCount,
-    pub(crate) tree: NonNull<TreeInner<P, K>>,
+    pub(crate) domain: NonNull<Domain<P, K>>,
     pub(crate) parent: Option<NonNull<Node<P, K>>>,
     pub(crate) id: GroupId,
+    /// The node's slot in the domain's shard arena: its reference count's shards, and its
+    /// dense index (the unit stock's entry is `slot.index % K`).
+    slot: Slot,
     pub(crate) name: Option<Box<str>>,
     pub(crate) state: AtomicU8,
     pub(crate) events: Events,
     pub(crate) topo: UnsafeCell<Topo<P, K>>,
-    /// Link of the tree's released list (a Treiber stack).
-    pub(crate) next_released: AtomicPtr<Node<P, K>>,
-    /// Head of the list of `ObjGroup`s pointing at this group (its own and inherited ones);
-    /// only touched under the topology flag.
-    pub(crate) objgroups: UnsafeCell<*mut ObjNode<P, K>>,
-    /// The group's own active `ObjGroup` (one reference) while online; null after offline.
-    pub(crate) active_obj: AtomicPtr<ObjNode<P, K>>,
+    /// The node's header on the domain's released list.
+    released: Released,
+    /// The object layer's: the head of this group's list of `ObjGroup`s, only touched under
+    /// the topology flag. Opaque here (the group layer never reads it); null when the node
+    /// is freed (every `ObjGroup` on it holds a reference on the node).
+    pub(crate) obj_list: UnsafeCell<*mut ()>,
+    /// The object layer's: the group's own active `ObjGroup` while online. Opaque here.
+    pub(crate) obj_active: AtomicPtr<()>,
 }
 
 impl<P: CpuProvider, const K: usize> Node<P, K> {
@@ -83,15 +80,14 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
     ///
     /// # Safety
     ///
-    /// `tree` must outlive the node, and so must `parent` (the caller gives the node one
+    /// `domain` must outlive the node, and so must `parent` (the caller gives the node one
     /// reference on it, dropped in [`Node::free`]).
     pub(crate) unsafe fn alloc(
-        tree: NonNull<TreeInner<P, K>>,
+        domain: NonNull<Domain<P, K>>,
         parent: Option<NonNull<Node<P, K>>>,
         id: GroupId,
         spec: &GroupSpec<'_>,
         initial: usize,
-        shards: usize,
     ) -> Result<NonNull<Node<P, K>>, GroupError> {
         let parent_counter: Option<&'static Counter<'static>> = parent.map(|p| {
             // SAFETY: the parent node outlives this node (caller's obligation: the child owns
@@ -115,13 +111,19 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
             Some(name) => Some(try_box_str(name).map_err(oom)?),
             None => None,
         };
-        let refs = RefCount::try_new(initial, shards).map_err(oom)?;
+        // SAFETY: the caller's obligation: the domain outlives the node.
+        let arena = unsafe { &domain.as_ref().arena };
+        let slot = arena.alloc().map_err(oom)?;
+        // SAFETY: the arena lives in the domain, which outlives the count; the slot is given
+        // back in `free_now`, after the node's grace period.
+        let refs = unsafe { RefCount::new_in(arena, slot, initial) };
         let node = try_box(Node {
             counter,
             refs,
-            tree,
+            domain,
             parent,
             id,
+            slot,
             name,
             state: AtomicU8::new(ONLINE),
             events: Events::default(),
@@ -131,21 +133,54 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
                 prev: ptr::null_mut(),
                 online_children: 0,
             }),
-            next_released: AtomicPtr::new(ptr::null_mut()),
-            objgroups: UnsafeCell::new(ptr::null_mut()),
-            active_obj: AtomicPtr::new(ptr::null_mut()),
+            released: Released::new(Self::free_released),
+            obj_list: UnsafeCell::new(ptr::null_mut()),
+            obj_active: AtomicPtr::new(ptr::null_mut()),
         })
-        .map_err(oom)?;
+        .map_err(|e| {
+            arena.free(slot);
+            oom(e)
+        })?;
         // Never reborrowed as a `Box` again until `free`: children keep `&'static`
         // references into it.
         Ok(NonNull::from(Box::leak(node)))
     }
 
     #[inline]
-    pub(crate) fn tree(&self) -> &TreeInner<P, K> {
-        // SAFETY: the tree outlives every node (it is freed after the root, which is freed
+    pub(crate) fn domain(&self) -> &Domain<P, K> {
+        // SAFETY: the domain outlives every node (it is freed after the root, which is freed
         // after every other node).
-        unsafe { self.tree.as_ref() }
+        unsafe { self.domain.as_ref() }
+    }
+
+    /// A handle to the node at `this`; the caller must know the count is non-zero (it holds
+    /// a reference on this node or a descendant).
+    ///
+    /// # Safety
+    ///
+    /// `this` is a pointer the tree stores for the node (from its allocation), and the node
+    /// is referenced by the caller, directly or through a descendant.
+    pub(crate) unsafe fn handle(this: NonNull<Self>) -> super::Group<P, K> {
+        // SAFETY: referenced by the caller, hence alive.
+        let node = unsafe { this.as_ref() };
+        node.refs.get(node.hint());
+        // SAFETY: the reference just taken is the handle's.
+        unsafe { super::Group::from_node(this) }
+    }
+
+    /// Frees a node that was allocated but never linked nor shared (a refused creation).
+    ///
+    /// # Safety
+    ///
+    /// `this` came from [`Node::alloc`] and nobody else ever saw it.
+    pub(crate) unsafe fn discard(this: NonNull<Self>) {
+        // SAFETY: never shared (caller's obligation): ours to free.
+        let node = unsafe { Box::from_raw(this.as_ptr()) };
+        let slot = node.slot;
+        let domain = node.domain;
+        drop(node);
+        // SAFETY: the domain outlives its nodes; nobody can touch the slot's shards.
+        unsafe { domain.as_ref() }.arena.free(slot);
     }
 
     #[inline]
@@ -157,7 +192,7 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
     /// The shard hint for this node's reference count: the current CPU.
     #[inline(always)]
     pub(crate) fn hint(&self) -> usize {
-        self.tree().cpus.current().unwrap_or(0)
+        self.domain().hint()
     }
 
     #[inline]
@@ -237,10 +272,10 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
             if !node.refs.put(node.hint()) {
                 return;
             }
-            let tree = node.tree();
-            tree.note_released(node.id);
-            if !tree.is_detached() {
-                let _detached = tree.push_released(p);
+            let domain = node.domain();
+            domain.note_released(node.id);
+            if !domain.is_detached() {
+                let _detached = domain.push_released(NonNull::from(&node.released));
                 return;
             }
             // SAFETY: released, never queued, and unreachable (see above); the parent's
@@ -257,18 +292,31 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
     /// The reference count of `this` reached zero and nobody else will release it.
     #[cold]
     pub(crate) unsafe fn release(this: NonNull<Self>) {
-        let tree = {
+        let (domain, header) = {
             // SAFETY: ours until published below (count zero, not yet on the list); the tree
             // outlives it. The borrow ends inside this block: once the node is on the list,
             // another thread's reclamation may free it (we are not pinned), so nothing of it
             // is read after the push.
             let node = unsafe { this.as_ref() };
-            node.tree().note_released(node.id);
-            node.tree
+            node.domain().note_released(node.id);
+            (node.domain, NonNull::from(&node.released))
         };
-        // SAFETY: the tree is alive (this unpublished node keeps its root, hence a share);
+        // SAFETY: the domain is alive (this unpublished node keeps its root, hence a share);
         // no borrow of it is held here.
-        unsafe { TreeInner::publish_released(tree, |t| t.push_released(this)) };
+        unsafe { Domain::publish_released(domain, |d| d.push_released(header)) };
+    }
+
+    /// The released list's free function for nodes.
+    ///
+    /// # Safety
+    ///
+    /// As [`Node::free`], for the node whose header `header` is.
+    unsafe fn free_released(header: NonNull<Released>) {
+        // SAFETY: the header is the `released` field of a node (the only headers this
+        // function is installed in), so stepping back by its offset gives the node.
+        let this = unsafe { header.byte_sub(core::mem::offset_of!(Self, released)) }.cast::<Self>();
+        // SAFETY: forwarded.
+        unsafe { Self::free(this) };
     }
 
     /// Frees a released node after the grace period: unlinks it, drops it, and puts the
@@ -298,25 +346,28 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
     unsafe fn free_now(this: NonNull<Self>) -> Option<NonNull<Self>> {
         // SAFETY: still allocated (we free it below); exclusively ours (caller's obligation).
         let node = unsafe { this.as_ref() };
-        let tree_ptr = node.tree;
+        let domain_ptr = node.domain;
         let parent = node.parent;
         let id = node.id;
+        let slot = node.slot;
         {
-            // SAFETY: the tree outlives its nodes.
-            let tree = unsafe { tree_ptr.as_ref() };
-            let _topology = tree.topology.lock();
+            // SAFETY: the domain outlives its nodes.
+            let domain = unsafe { domain_ptr.as_ref() };
+            let _topology = domain.topology.lock();
             // SAFETY: the topology flag is held, which guards every `topo`.
             unsafe { Self::unlink(this) };
         }
         // SAFETY: the node came from `Box::leak` in `alloc` and is freed exactly once, here.
         drop(unsafe { Box::from_raw(this.as_ptr()) });
-        // SAFETY: the tree outlives its nodes; the root (freed last) gives up its ownership
-        // of the tree below, after which `tree_ptr` is not used.
-        let tree = unsafe { tree_ptr.as_ref() };
-        tree.note_freed(id);
+        // SAFETY: the domain outlives its nodes; the root (freed last) gives up its ownership
+        // of the tree below, after which `domain_ptr` is not used.
+        let domain = unsafe { domain_ptr.as_ref() };
+        // The grace period has passed and the node is gone: nobody can touch its shards.
+        domain.arena.free(slot);
+        domain.note_freed(id);
         if parent.is_none() {
             // SAFETY: the root is freed last; its ownership share of the tree ends here.
-            unsafe { TreeInner::release_owner(tree_ptr) };
+            unsafe { Domain::release_owner(domain_ptr) };
         }
         parent
     }
@@ -369,153 +420,78 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
         }
     }
 
-    /// Links `obj` at the head of `this` group's `ObjGroup` list.
+    /// Step 1 of taking this node offline, under the topology flag: refuses if it is the
+    /// root, already offline, or has online children; otherwise zeroes its protection for
+    /// good, marks it offline and uncounts it from its parent's online children. The caller
+    /// (the tree, which also moves the layers above off the node before releasing the flag)
+    /// then calls [`Node::finish_offline`].
     ///
     /// # Safety
     ///
-    /// The topology flag is held; `obj` is alive and not linked.
-    pub(crate) unsafe fn link_obj(this: NonNull<Self>, obj: NonNull<ObjNode<P, K>>) {
-        // SAFETY: caller holds the topology flag, which guards every list link; the nodes
-        // touched are alive (linked ones are not freed before they unlink under the flag).
-        unsafe {
-            let head = (*this.as_ptr()).objgroups.with(|h| *h);
-            obj.as_ref().next.with_mut(|n| *n = head);
-            obj.as_ref().prev.with_mut(|p| *p = ptr::null_mut());
-            if !head.is_null() {
-                (*head).prev.with_mut(|p| *p = obj.as_ptr());
-            }
-            (*this.as_ptr()).objgroups.with_mut(|h| *h = obj.as_ptr());
+    /// The topology flag is held and the caller holds a reference on `self`.
+    pub(crate) unsafe fn offline_locked(&self) -> Result<(), GroupError> {
+        let Some(parent) = self.parent() else { return Err(GroupError::Root) };
+        // ORDERING: Relaxed; state changes only under the topology flag, which we hold.
+        if self.state.load(Ordering::Relaxed) != ONLINE {
+            return Err(GroupError::Offline);
         }
+        // SAFETY: topology flag held.
+        let online_children = self.topo.with(|t| unsafe { (*t).online_children });
+        if online_children > 0 {
+            return Err(GroupError::HasOnlineChildren { online_children });
+        }
+        // A dying group stops claiming protection for good (Linux's css_offline sets min/low
+        // to 0), before the state says so: a reader that sees OFFLINE sees zero protection,
+        // and `set_min`/`set_low` are refused from now on. (The counter's writer flag nests
+        // inside the topology flag, never the other way round.)
+        self.counter.retire_protection();
+        self.mark_offline();
+        // SAFETY: topology flag held; the parent is alive (referenced by this node).
+        parent.topo.with_mut(|t| unsafe { (*t).online_children -= 1 });
+        Ok(())
     }
 
-    /// Unlinks `obj` from `this` group's `ObjGroup` list.
-    ///
-    /// # Safety
-    ///
-    /// The topology flag is held and `obj` is on `this`'s list.
-    pub(crate) unsafe fn unlink_obj(this: NonNull<Self>, obj: NonNull<ObjNode<P, K>>) {
-        // SAFETY: as in `link_obj`.
-        unsafe {
-            let (prev, next) = (obj.as_ref().prev.with(|p| *p), obj.as_ref().next.with(|n| *n));
-            if prev.is_null() {
-                (*this.as_ptr()).objgroups.with_mut(|h| *h = next);
-            } else {
-                (*prev).next.with_mut(|n| *n = next);
-            }
-            if !next.is_null() {
-                (*next).prev.with_mut(|p| *p = prev);
-            }
-        }
+    /// Marks the node offline (the root's at the tree's drop; others' in `offline_locked`).
+    /// The caller holds the topology flag.
+    pub(crate) fn mark_offline(&self) {
+        // ORDERING: Release pairs with the Acquire in `is_online`.
+        self.state.store(OFFLINE, Ordering::Release);
     }
 
-    /// Points every `ObjGroup` on `this`'s list at `parent` and moves the list to the
-    /// parent (Linux's `memcg_reparent_objcgs`). Returns how many references on `this` the
-    /// `ObjGroup`s gave up, and the `ObjGroup`s whose readers the caller still has to wait
-    /// for, after releasing the flag, before it puts those references (protocol R, step 3;
-    /// beyond [`REPARENT_BATCH`] of them, the rest are waited for here).
-    ///
-    /// # Safety
-    ///
-    /// The topology flag is held; the caller holds references on `this` and `parent`, and
-    /// is pinned (so that the returned `ObjGroup`s are not freed before it unpins).
-    unsafe fn reparent_objs(this: NonNull<Self>, parent: NonNull<Self>) -> (usize, Reparented<P, K>) {
-        let mut moved = 0;
-        let mut pending = Reparented::new();
-        // SAFETY: the flag is held (caller), so the lists are ours to walk and change; every
-        // listed `ObjGroup` is alive (it unlinks under the flag before being freed).
-        unsafe {
-            let mut o = (*this.as_ptr()).objgroups.with(|h| *h);
-            let mut tail = ptr::null_mut();
-            while let Some(obj) = NonNull::new(o) {
-                let old = obj.as_ref().reparent(parent);
-                debug_assert!(old == this, "an ObjGroup on a group's list points at that group");
-                if pending.try_push(obj).is_err() {
-                    obj.as_ref().wait_for_readers();
-                }
-                moved += 1;
-                tail = o;
-                o = obj.as_ref().next.with(|n| *n);
-            }
-            if let Some(tail) = NonNull::new(tail) {
-                // Splice the whole list in front of the parent's.
-                let head = (*this.as_ptr()).objgroups.with(|h| *h);
-                let phead = (*parent.as_ptr()).objgroups.with(|h| *h);
-                tail.as_ref().next.with_mut(|n| *n = phead);
-                if !phead.is_null() {
-                    (*phead).prev.with_mut(|p| *p = tail.as_ptr());
-                }
-                (*parent.as_ptr()).objgroups.with_mut(|h| *h = head);
-                (*this.as_ptr()).objgroups.with_mut(|h| *h = ptr::null_mut());
-            }
-        }
-        (moved, pending)
-    }
-
-    /// Takes this node offline: refuses if it is the root,, already offline, or has online
-    /// children; otherwise marks it offline, zeroes its protection, and drops the base
-    /// reference. The caller holds a reference, so the node is not released here.
-    pub(crate) fn offline(this: NonNull<Self>) -> Result<(), GroupError> {
+    /// The last step of taking a node offline, after the flag is released: counts it and
+    /// kills its reference count, dropping the base reference (Linux's `percpu_ref_kill`).
+    /// The caller holds a reference, so the node is not released here.
+    pub(crate) fn finish_offline(this: NonNull<Self>) {
         // SAFETY: the caller holds a reference.
         let node = unsafe { this.as_ref() };
-        let tree = node.tree();
-        let Some(parent) = node.parent() else { return Err(GroupError::Root) };
-        let moved;
-        let pending;
-        let active;
-        // Pinned until the reparented `ObjGroup`s' readers are waited for below: none of
-        // them can be freed meanwhile (their frees go through the epoch).
-        let guard = tree.pin_internal();
-        {
-            let _topology = tree.topology.lock();
-            // ORDERING: Relaxed; state changes only under the topology flag, which we hold.
-            if node.state.load(Ordering::Relaxed) != ONLINE {
-                return Err(GroupError::Offline);
-            }
-            // SAFETY: topology flag held.
-            let online_children = node.topo.with(|t| unsafe { (*t).online_children });
-            if online_children > 0 {
-                return Err(GroupError::HasOnlineChildren { online_children });
-            }
-            // A dying group stops claiming protection for good (Linux's css_offline sets
-            // min/low to 0), before the state says so: a reader that sees OFFLINE sees zero
-            // protection, and `set_min`/`set_low` are refused from now on. (The counter's
-            // writer flag nests inside the topology flag, never the other way round.)
-            node.counter.retire_protection();
-            // ORDERING: Release pairs with the Acquire in `is_online`.
-            node.state.store(OFFLINE, Ordering::Release);
-            // SAFETY: topology flag held; the parent is alive (referenced by this node).
-            parent.topo.with_mut(|t| unsafe { (*t).online_children -= 1 });
-            // SAFETY: topology flag held; we hold a reference on this node, which holds one
-            // on its parent.
-            (moved, pending) = unsafe { Self::reparent_objs(this, node.parent.expect("not the root")) };
-            // ORDERING: AcqRel; pairs with the Acquire load in `Group::obj_group`.
-            active = node.active_obj.swap(ptr::null_mut(), Ordering::AcqRel);
-        }
-        for obj in pending {
-            // SAFETY: reparented above; we are pinned since before, so it is not freed.
-            unsafe { obj.as_ref() }.wait_for_readers();
-        }
-        drop(guard);
-        for _ in 0..moved {
-            // SAFETY: each reparented `ObjGroup` handed us the reference it held on this
-            // node; the caller's handle keeps the count above zero.
-            unsafe { Self::put(this) };
-        }
-        if let Some(active) = NonNull::new(active) {
-            // The group's reference on its own `ObjGroup`: killing drops it, and from now on
-            // the `ObjGroup`'s zero can be detected (Linux's percpu_ref_kill on the objcg).
-            // SAFETY: the reference `active_obj` owned.
-            if unsafe { active.as_ref() }.refs.kill() {
-                // SAFETY: that was the last reference.
-                unsafe { ObjNode::release(active) };
-            }
-        }
-        tree.note_offlined();
+        node.domain().note_offlined();
         if node.refs.kill() {
             // SAFETY: the count reached zero (impossible while the caller holds a handle,
             // but handled uniformly).
             unsafe { Self::release(this) };
         }
-        Ok(())
+    }
+}
+
+impl<P: CpuProvider, const K: usize> StockOwner for Node<P, K> {
+    #[inline(always)]
+    fn counter(&self) -> &Counter<'_> {
+        &self.counter
+    }
+
+    #[inline(always)]
+    fn stock_index(&self) -> usize {
+        self.slot.index
+    }
+
+    #[inline]
+    fn get_ref(&self, cpu: usize) {
+        self.refs.get(cpu);
+    }
+
+    #[inline]
+    unsafe fn put_ref(this: NonNull<Self>) {
+        // SAFETY: forwarded.
+        unsafe { Self::put(this) };
     }
 }

@@ -49,19 +49,57 @@
 //! back and no stock slot is held, so a panic unwinding through the engine leaves every
 //! counter balanced (`tests/engine.rs` checks it).
 
+use alloc_crate::boxed::Box;
 use core::fmt;
 use core::ptr::NonNull;
 
 use crate::counter::{COUNTER_MAX, ChargeError, LimitError, Underflow};
 use crate::cpu::CpuProvider;
 use crate::cpu::DefaultCpus;
-use crate::group::name::{Amount, GroupName};
-use crate::group::node::Node;
-use crate::group::{Event, Group, GroupId, Tree};
+use crate::groups::domain::{Domain, UPPER_ENGINE};
+use crate::groups::name::{Amount, GroupName};
+use crate::groups::node::Node;
+use crate::groups::{Event, Group, GroupId};
 use crate::stock::STOCK_SLOTS;
+use crate::sync::atomic::{AtomicUsize, Ordering};
 
 /// Linux's `MAX_RECLAIM_RETRIES`.
 pub const DEFAULT_RETRIES: usize = 16;
+
+/// The engine's share of a tree: its reclaimer and retry budget, and what it counts. The
+/// tree builds it beside the group layer's [`Domain`] and installs a pointer to it there
+/// ([`UPPER_ENGINE`]).
+pub(crate) struct EngineState<P: CpuProvider, const K: usize> {
+    pub(crate) reclaimer: Option<Box<dyn Reclaimer<P, K>>>,
+    pub(crate) max_retries: usize,
+    /// Bytes per unit, for the amounts in failure messages.
+    pub(crate) unit_bytes: usize,
+    forced: AtomicUsize,
+}
+
+impl<P: CpuProvider, const K: usize> EngineState<P, K> {
+    pub(crate) fn new(
+        reclaimer: Option<Box<dyn Reclaimer<P, K>>>,
+        max_retries: usize,
+        unit_bytes: usize,
+    ) -> Self {
+        Self { reclaimer, max_retries, unit_bytes, forced: AtomicUsize::new(0) }
+    }
+
+    /// No-fail charges forced past a limit.
+    pub(crate) fn forced(&self) -> usize {
+        // ORDERING: Relaxed; a statistic.
+        self.forced.load(Ordering::Relaxed)
+    }
+
+    /// The engine state of the tree `domain` belongs to.
+    #[inline]
+    pub(crate) fn of(domain: &Domain<P, K>) -> &Self {
+        // SAFETY: the tree installs a pointer to its `EngineState<P, K>` at `UPPER_ENGINE`
+        // before the domain is shared, in the same allocation (`Domain::set_upper`).
+        unsafe { &*domain.upper(UPPER_ENGINE).cast::<Self>() }
+    }
+}
 
 /// What the charge engine calls when a group is over its limit: free what you can.
 ///
@@ -324,9 +362,9 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// Charges `n` units with `options`.
     #[inline(always)]
     pub fn charge_with(&self, n: usize, options: ChargeOptions) -> Result<Charged, ChargeFailure> {
-        let tree = self.node().tree();
-        let cpu = tree.cpus.current();
-        if tree.stocks.consume(cpu, self.node_ptr(), n) {
+        let domain = self.node().domain();
+        let cpu = domain.cpus.current();
+        if domain.stock.consume(cpu, self.node(), n) {
             return Ok(Charged::default());
         }
         self.charge_slow(cpu, n, options)
@@ -340,8 +378,8 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// [`Counter::underflows`](crate::counter::Counter::underflows), and debug builds assert.
     #[inline(always)]
     pub fn uncharge(&self, n: usize) {
-        let tree = self.node().tree();
-        if !tree.stocks.uncharge_cached(tree.cpus.current(), self.node_ptr(), n) {
+        let domain = self.node().domain();
+        if !domain.stock.uncharge_cached(domain.cpus.current(), self.node(), n) {
             self.counter().uncharge(n);
         }
     }
@@ -370,8 +408,8 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// over-uncharge (a caller's earlier mistake) instead of asserting.
     #[inline]
     pub(crate) fn uncharge_counted(&self, n: usize) {
-        let tree = self.node().tree();
-        if !tree.stocks.uncharge_cached(tree.cpus.current(), self.node_ptr(), n) {
+        let domain = self.node().domain();
+        if !domain.stock.uncharge_cached(domain.cpus.current(), self.node(), n) {
             self.counter().uncharge_counted(n);
         }
     }
@@ -391,19 +429,20 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
             return Ok(Charged::default());
         }
         let node = self.node();
-        let tree = node.tree();
-        let stocks = &tree.stocks;
+        let domain = node.domain();
+        let engine = EngineState::of(domain);
+        let stock = &domain.stock;
         // No batching once the tree is being dropped (a hint here: `refill` re-checks inside
         // the stock and gives the excess back if it raced with the close).
         // (An offline group is still batched, as in Linux: its entry pins it until evicted
         // or drained, which `drain_all` of any ancestor does.)
-        let mut batch =
-            if stocks.batch == 0 || n > stocks.batch || stocks.is_closed() { n } else { stocks.batch };
-        let mut retries = tree.max_retries;
+        let full = stock.batch();
+        let mut batch = if full == 0 || n > full || stock.slots().is_closed_hint() { n } else { full };
+        let mut retries = engine.max_retries;
         // Room retries are granted per failing level, going up only: a reclaim at a parent
         // that makes room gets its own budget after the child's is spent (bounded overall by
         // the depth times the budget).
-        let room_budget = tree.max_retries.saturating_add(1);
+        let room_budget = engine.max_retries.saturating_add(1);
         let mut room_retries = room_budget;
         let mut room_level = 0;
         let mut drained = false;
@@ -412,7 +451,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
             let level = match node.counter.try_charge_uncounted(batch) {
                 Ok(()) => {
                     if batch > n {
-                        stocks.refill(cpu, self.node_ptr(), batch - n);
+                        stock.refill(cpu, self.node_ptr(), batch - n);
                     }
                     return Ok(Charged { over_high: self.check_high(), forced: false });
                 }
@@ -426,7 +465,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
             };
             if batch > n {
                 batch = n;
-                if stocks.consume(cpu, self.node_ptr(), n) {
+                if stock.consume(cpu, node, n) {
                     return Ok(Charged::default());
                 }
                 continue;
@@ -445,7 +484,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
                 over.raise(Event::Max);
                 max_raised = true;
             }
-            let progress = match &tree.reclaimer {
+            let progress = match &engine.reclaimer {
                 Some(r) => {
                     // The over-limit group is this group or an ancestor, which this handle
                     // keeps alive: a plain get is legal.
@@ -455,7 +494,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
                     let freed = r.reclaim(&over_group, n);
                     // The hook may have moved this context to another CPU (an embedder's
                     // provider is free to): ask again before touching a stock.
-                    cpu = tree.cpus.current();
+                    cpu = domain.cpus.current();
                     freed
                 }
                 None => 0,
@@ -473,8 +512,8 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
                 // A drain under way elsewhere returns `None`; this charge does not wait for
                 // it (it may drain another subtree, and CPUs inside a stock operation are
                 // skipped by any drain): the retries below give it time to finish.
-                let _ = stocks.drain_all(|g| g.is_descendant_of(over));
-                cpu = tree.cpus.current();
+                let _ = domain.drain_all(Some(over));
+                cpu = domain.cpus.current();
                 continue;
             }
             if options.no_retry || retries == 0 {
@@ -497,7 +536,8 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
                 over.raise(Event::Oom);
             }
             node.counter.charge(n).map_err(|_| ChargeFailure::Overflow { requested: n })?;
-            tree.note_forced();
+            // ORDERING: Relaxed; a statistic.
+            engine.forced.fetch_add(1, Ordering::Relaxed);
             return Ok(Charged { over_high: self.check_high(), forced: true });
         }
         // A charge that may not reclaim fails silently, as Linux's non-blocking charges jump
@@ -509,7 +549,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
             group: over.id,
             // SAFETY: this group or an ancestor, referenced through this handle.
             name: unsafe { GroupName::of_node(self.stored_ptr_of(over)) },
-            unit_bytes: tree.unit_bytes,
+            unit_bytes: engine.unit_bytes,
             max: over.counter.max(),
             usage: over.counter.usage(),
             requested: n,
@@ -537,7 +577,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     pub fn set_max(&self, limit: usize) -> Result<(), LimitError> {
         match self.counter().set_max(limit) {
             Err(LimitError::Busy { .. }) => {
-                self.node().tree().drain_stocks_blocking(Some(self.node()));
+                self.node().domain().drain_blocking(Some(self.node()));
                 self.counter().set_max(limit)
             }
             other => other,
@@ -548,7 +588,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// A racy statistic.
     #[must_use]
     pub fn cached_units(&self) -> usize {
-        self.node().tree().stocks.cached_units(self.node_ptr())
+        self.node().domain().stock.cached_units(self.node())
     }
 
     /// Walks this group's subtree in Linux's reclaim order and protection policy, calling
@@ -654,59 +694,5 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
             n = unsafe { n.as_ref() }.parent.expect("level is within the path");
         }
         n
-    }
-}
-
-impl<P: CpuProvider, const K: usize> Node<P, K> {
-    /// A handle to the node at `this`; the caller must know the count is non-zero (it holds
-    /// a reference on this node or a descendant).
-    ///
-    /// # Safety
-    ///
-    /// `this` is a pointer the tree stores for the node (from its allocation), and the node
-    /// is referenced by the caller, directly or through a descendant.
-    pub(crate) unsafe fn handle(this: NonNull<Self>) -> Group<P, K> {
-        // SAFETY: referenced by the caller, hence alive.
-        let node = unsafe { this.as_ref() };
-        node.refs.get(node.hint());
-        // SAFETY: the reference just taken is the handle's.
-        unsafe { Group::from_node(this) }
-    }
-}
-
-impl<P: CpuProvider, const K: usize> Tree<P, K> {
-    /// Returns every CPU's stocked units of `group`'s subtree to the counters and drops the
-    /// stock references, idle CPUs included. `None` if another drain was under way (this
-    /// call does not wait for it). CPUs inside a stock operation at that moment are skipped.
-    ///
-    /// ```
-    /// use chargetree::group::{GroupSpec, Tree};
-    ///
-    /// let tree = Tree::new();
-    /// let g = tree.root().create_child(GroupSpec::new()).unwrap();
-    /// let _ = g.try_charge(1).unwrap(); // one walk charged a batch: 63 more are cached
-    /// g.uncharge(1);
-    /// assert_eq!(g.counter().usage(), 64);
-    /// assert_eq!(tree.drain_all(&g), Some(64));
-    /// assert_eq!(g.counter().usage(), 0, "exact once the stocks are drained");
-    /// ```
-    pub fn drain_all(&self, group: &Group<P, K>) -> Option<usize> {
-        let node = group.node();
-        node.tree().stocks.drain_all(|g| g.is_descendant_of(node))
-    }
-
-    /// Returns the calling CPU's stocked units to the counters and drops its stock references
-    /// (the object stock first: its whole units pass through the unit entries). Returns the
-    /// units returned from the unit entries.
-    pub fn drain_local(&self) -> usize {
-        let tree = self.inner();
-        tree.stocks.drain_local(tree.cpus.current())
-    }
-
-    /// Whether remote drains use `membarrier(2)`, leaving the stock fast path without any
-    /// fence (else both sides use `fence(SeqCst)`).
-    #[must_use]
-    pub fn stock_is_asymmetric(&self) -> bool {
-        self.inner().stocks.is_asymmetric()
     }
 }

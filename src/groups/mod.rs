@@ -1,71 +1,24 @@
-//! Groups: pointer-refcounted handles to the nodes of a [`Tree`], their lifecycle, owner
-//! cells and events (Linux's css references, `percpu_ref`, and the memcg lifetime in
-//! `mm/memcontrol.c` and `kernel/cgroup/cgroup.c`).
-//!
-//! # References follow pointers
-//!
-//! A [`Group`] is a handle: cloning it takes a reference (`css_get`), dropping it puts one
-//! (`css_put`). Every *stored* pointer that can outlive its context owns exactly one
-//! reference: a handle, a child's pointer to its parent, an [`OwnerCell`], a stock slot.
-//! Charges own none: counters move numbers, references keep memory alive.
-//!
-//! Readers that only *borrow* a pointer (loaded from an owner cell, a remote stock slot)
-//! do so under an epoch [`Guard`] and get a [`GroupRef`], which can be
-//! dereferenced while the guard lives and turned into a handle only with
-//! [`GroupRef::tryget`] (fails once the count reached zero) or
-//! [`GroupRef::tryget_online`] (fails once the group is offline), in a loop that re-reads
-//! the source ([`OwnerCell::get`] does this).
-//!
-//! # Lifecycle
-//!
-//! online → offline ([`Group::offline`]: no new children, no `tryget_online`, `min`/`low`
-//! zeroed, base reference dropped) → released (last reference gone; queued without
-//! allocating) → freed (after an epoch grace period). Who holds the node in each state is
-//! tabled in the source, `src/group/node.rs` (contributors' documentation: the module is
-//! private).
-//!
-//! # Reference counting that scales
-//!
-//! Each group's count is Linux's `percpu_ref` idea without RCU: while the group is online,
-//! `get`/`put` add to one of several cache-line-padded shards chosen by the current CPU, so
-//! handles cloned and dropped on different CPUs do not bounce a shared line; offlining
-//! harvests the shards into one word (a `fetch_or` per shard marks it dead in the same RMW
-//! that reads it), after which zero can be detected. The protocol is tabled in
-//! `src/group/refcount.rs`; its loom model is `src/tests/loom_group.rs`.
-//! Measured in `benches/group.rs`.
-//!
-//! # Allocator safety
-//!
-//! Clone, drop (including the last drop), `tryget` and counter operations never allocate,
-//! never take a lock, and never run deferred destructors: a released group is pushed onto a
-//! lock-free intrusive list and freed later by a non-allocator operation (creation, offline,
-//! [`Group::obj_group`], [`Tree::reclaim`], [`Tree::pin`], dropping the tree). This holds
-//! after the tree handle is dropped too: a release then also lists the tree as an orphan
-//! (lock-free), and the next non-allocator operation on *any* tree, or
-//! [`reclaim_orphans`], frees it. `tests/alloc_safety.rs` proves it, the dropped-tree state
-//! included, under a global allocator that counts re-entries.
+//! The group layer (layer 3, above the counter and the stock): a group's node (its counter,
+//! its reference count, its links and its lifecycle), the [`Group`] handle and its borrowed
+//! form [`GroupRef`], owner cells, events, names, and the domain (`domain.rs`), the part of a
+//! tree the group layer owns. It knows nothing of the charge engine, the object layer or the
+//! tree above it; they add their methods to [`Group`] in their own modules, and reach their
+//! own per-tree state through the domain. The public docs are those of
+//! [`chargetree::group`](crate::group).
 
+pub(crate) mod domain;
 mod events;
-#[cfg(not(loom))]
-mod lazy;
 pub(crate) mod name;
 pub(crate) mod node;
-mod orphans;
-mod owner;
+pub(crate) mod orphans;
+pub(crate) mod owner;
 pub(crate) mod refcount;
-pub(crate) mod tree;
 
-pub use crate::engine::{
-    ChargeFailure, ChargeOptions, Charged, DEFAULT_RETRIES, OverHigh, ReclaimWalk, Reclaimer,
-};
-pub use crate::reservation::{Reservation, ShrinkError};
+pub use domain::Observer;
 pub use events::{Event, EventCounts};
-#[cfg(not(loom))]
-pub use lazy::LazyTree;
 pub use name::GroupName;
 pub use orphans::reclaim_orphans;
 pub use owner::{MoveError, OwnerCell};
-pub use tree::{MAX_REFCOUNT_SHARDS, MAX_RETRIES, Observer, Tree, TreeConfig, TreeStats};
 
 use core::fmt;
 use core::marker::PhantomData;
@@ -74,14 +27,13 @@ use core::ptr::NonNull;
 use crate::counter::{COUNTER_MAX, Counter, LimitError};
 use crate::cpu::{CpuProvider, DefaultCpus};
 use crate::epoch::Guard;
-use crate::objgroup::{ObjGroup, ObjNode};
 use crate::stock::STOCK_SLOTS;
 use crate::sync::atomic::Ordering;
 use node::Node;
 
 /// A group's identifier, unique within its tree and never reused. Ids are dense: the root
 /// is 0 and each successful [`Group::create_child`] takes the next number (a refused one
-/// takes none), so the ids ever handed out are exactly `0..`[`TreeStats::created`], and an
+/// takes none), so the ids ever handed out are exactly `0..`[`TreeStats::created`](crate::group::TreeStats::created), and an
 /// observer may index a table by them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GroupId(usize);
@@ -391,14 +343,13 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// Creates an online child with `spec`'s limits. Refused if this group is offline.
     pub fn create_child(&self, spec: GroupSpec<'_>) -> Result<Group<P, K>, GroupError> {
         reclaim_orphans();
-        let tree = self.node().tree();
+        let tree = self.node().domain();
         // Two references: the base (online membership) and the returned handle. The id is
         // assigned below, once the creation cannot be refused any more, so ids stay dense.
-        // SAFETY: the tree outlives the node; the child is given a reference on this group
+        // SAFETY: the domain outlives the node; the child is given a reference on this group
         // below (before it can be reached), which `Node::free` drops.
-        let child = unsafe {
-            Node::alloc(self.node().tree, Some(self.node), GroupId(usize::MAX), &spec, 2, tree.shards)
-        }?;
+        let child =
+            unsafe { Node::alloc(self.node().domain, Some(self.node), GroupId(usize::MAX), &spec, 2) }?;
 
         {
             let _topology = tree.topology.lock();
@@ -413,7 +364,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
             if let Some(e) = refused {
                 drop(_topology);
                 // SAFETY: never linked or shared; allocated by `Node::alloc`.
-                drop(unsafe { alloc_crate::boxed::Box::from_raw(child.as_ptr()) });
+                unsafe { Node::discard(child) };
                 return Err(e);
             }
             // Ids are taken under the flag and only by creations that succeed: the groups of
@@ -428,99 +379,6 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
         tree.note_created();
         // SAFETY: one of the two initial references is the handle's.
         Ok(unsafe { Group::from_node(child) })
-    }
-
-    /// Takes the group offline (see the module docs). Refused for the root, for a group
-    /// already offline, and for a group with online children.
-    pub fn offline(&self) -> Result<(), GroupError> {
-        reclaim_orphans();
-        Node::offline(self.node)?;
-        let tree = self.node().tree();
-        // Stocks release their references to the dying group (Linux's css_offline calls
-        // drain_all_stock). A CPU inside a stock operation at that moment keeps its entry
-        // until its next eviction or drain.
-        tree.drain_stocks_blocking(Some(self.node()));
-        let _ = tree.reclaim_pumped();
-        Ok(())
-    }
-
-    /// The `ObjGroup` to charge objects of this group through, in bytes: the group's own
-    /// while it is online (created on first use), else the nearest online ancestor's
-    /// (Linux's `get_obj_cgroup_from_memcg`). `None` once the tree is being dropped, or if
-    /// the allocator refused the memory for a new one ([`Group::try_obj_group`] says which).
-    ///
-    /// Not for allocator paths (it pins the epoch and may allocate); take it once and keep
-    /// the handle.
-    #[must_use]
-    pub fn obj_group(&self) -> Option<ObjGroup<P, K>> {
-        self.try_obj_group().ok()
-    }
-
-    /// [`Group::obj_group`], with the reason of a failure: [`GroupError::TreeClosed`] once
-    /// the tree is being dropped, [`GroupError::OutOfMemory`] if the allocator refused the
-    /// memory for a new `ObjGroup` (nothing is left allocated then).
-    pub fn try_obj_group(&self) -> Result<ObjGroup<P, K>, GroupError> {
-        reclaim_orphans();
-        let tree = self.node().tree();
-        let _guard = tree.pin_internal();
-        let mut n = Some(self.node_ptr());
-        while let Some(xp) = n {
-            // SAFETY: this group or an ancestor, kept alive by this handle.
-            let x = unsafe { xp.as_ref() };
-            // ORDERING: Acquire pairs with the Release store in `install_obj` and the AcqRel
-            // swap at offline.
-            if let Some(o) = NonNull::new(x.active_obj.load(Ordering::Acquire)) {
-                // SAFETY: loaded under a guard from a pointer that owned a reference, so the
-                // node is not freed before the guard is dropped (its free is deferred).
-                let on = unsafe { o.as_ref() };
-                if on.refs.tryget(on.hint()) {
-                    // SAFETY: the reference just taken.
-                    return Ok(unsafe { ObjGroup::from_node(o) });
-                }
-            } else if x.is_online() {
-                if let Some(o) = Self::install_obj(xp)? {
-                    return Ok(o);
-                }
-                continue; // lost a race (another creator, or an offline): look again
-            }
-            n = x.parent;
-        }
-        Err(GroupError::TreeClosed)
-    }
-
-    /// Creates `x`'s own `ObjGroup` and installs it as active, unless `x` went offline or
-    /// got one meanwhile. Returns a handle to the new one.
-    fn install_obj(xp: NonNull<Node<P, K>>) -> Result<Option<ObjGroup<P, K>>, GroupError> {
-        // SAFETY: the caller's handle keeps `xp` (this group or an ancestor) alive.
-        let x = unsafe { xp.as_ref() };
-        let tree = x.tree();
-        // Two references: the group's active one and the returned handle.
-        // SAFETY: the caller's handle keeps `x` referenced (it is this group or an ancestor),
-        // so the reference `alloc` takes on it is legal; the tree outlives the node.
-        let obj = unsafe { ObjNode::alloc(xp, 2, tree.shards) }.map_err(|_| GroupError::OutOfMemory)?;
-        let installed = {
-            let _topology = tree.topology.lock();
-            // ORDERING: Relaxed; both are only written under the topology flag.
-            let ok = x.is_online()
-                && !tree.closing.load(Ordering::Relaxed)
-                && x.active_obj.load(Ordering::Relaxed).is_null();
-            if ok {
-                // SAFETY: topology flag held; `obj` is new.
-                unsafe { Node::link_obj(xp, obj) };
-                // ORDERING: Release pairs with the Acquire load in `obj_group`.
-                x.active_obj.store(obj.as_ptr(), Ordering::Release);
-            }
-            ok
-        };
-        if installed {
-            tree.note_obj_created();
-            // SAFETY: one of the two initial references is the handle's.
-            Ok(Some(unsafe { ObjGroup::from_node(obj) }))
-        } else {
-            // SAFETY: never shared; drop it together with the reference it took on `x`.
-            unsafe { ObjNode::discard(obj) };
-            Ok(None)
-        }
     }
 
     /// Raises `event` on this group (local count) and its ancestors (hierarchical count).
@@ -543,7 +401,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// The first child (in creation order, newest first) whose `tryget` succeeds.
     #[must_use]
     pub fn first_child(&self) -> Option<Group<P, K>> {
-        let tree = self.node().tree();
+        let tree = self.node().domain();
         let _topology = tree.topology.lock();
         // SAFETY: topology flag held.
         let mut p = self.node().topo.with(|t| unsafe { (*t).first_child });
@@ -553,7 +411,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// The next sibling whose `tryget` succeeds.
     #[must_use]
     pub fn next_sibling(&self) -> Option<Group<P, K>> {
-        let tree = self.node().tree();
+        let tree = self.node().domain();
         let _topology = tree.topology.lock();
         // SAFETY: topology flag held; this node is alive (we hold it) hence linked.
         let mut p = self.node().topo.with(|t| unsafe { (*t).next });
