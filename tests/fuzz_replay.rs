@@ -7,31 +7,22 @@
 //! named after what it found; see `fuzz/regressions/README.md`) goes through the target's
 //! `run`, which panics on any invariant violation.
 //!
-//! The interpreters compare with the sequential reference model, which the library exports
-//! only behind its `model` feature. So that plain `cargo test` replays the corpus without
-//! any feature, `src/model.rs` is included here by path as well (the interpreters name it
-//! `crate::model`; in the fuzz package that is `chargetree::model` re-exported), with the two
-//! items it takes from the library's `counter` module re-exported below.
+//! The interpreters compare with the sequential reference models, which the library exports
+//! behind its `model` feature (on for every test target through the dev-dependency on the
+//! package itself, in `Cargo.toml`). The interpreters name them `crate::model`: here the
+//! library's module imported under that name, in the fuzz package `chargetree::model`
+//! re-exported.
 //!
 //! A repository test: `fuzz/` is a package of its own and not in the published crate, so
 //! `Cargo.toml` leaves this file out of the package too (`cargo package` says it ignores the
 //! test), and the packaged crate's `cargo test` runs everything else (`ci/package.sh`).
 
-extern crate alloc as alloc_crate;
-
 use std::fs;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-// The reference model, as `crate::model` (see the file docs).
-#[allow(unreachable_pub, dead_code)]
-#[path = "../src/model.rs"]
-mod model;
-
-/// What `src/model.rs` takes from `crate::counter`.
-mod counter {
-    pub(crate) use chargetree::counter::{COUNTER_MAX, LimitError};
-}
+// The reference models, as `crate::model` (see the file docs).
+use chargetree::model;
 
 // The interpreters refer to their shared decoder as `crate::input`, here as in the fuzz
 // package's `src/lib.rs`.

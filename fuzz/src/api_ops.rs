@@ -14,22 +14,28 @@
 //!
 //! # Invariants after every step
 //!
-//! For every group `g` still held, with `sub(g)` its subtree:
+//! The groups, their lifecycle and the units the unit objects hold are the crate's
+//! [`TreeModel`]; the `ObjGroup`s and what they charge are its [`ObjModel`], as a ledger (the
+//! byte charges here may fail or be forced, so the model does not run the object stock: it
+//! takes the stocked and parked bytes each `ObjGroup` shows and checks O1 on them). For
+//! every group `g` still held, with `sub(g)` its subtree:
 //!
 //! ```text
-//! usage(g) = Σ_{x ∈ sub(g)} (unit objects charged to x + units cached for x in the stocks
-//!                           + frozen(x))
-//!          + Σ_{ObjGroups o owned by a group of sub(g)} (U(o) − base(o))
+//! usage(g) = Σ_{x ∈ sub(g)} (units the unit objects charged to x hold + units cached for x
+//!                           in the stocks + local(x))
 //! ```
 //!
-//! where `U(o) = (bytes of o's live objects + o's stocked bytes + o's parked bytes) / unit`
-//! must be a whole number (O1 of `objgroup.rs`), and reparenting (Linux's O3: the dying group
-//! keeps what was charged through its `ObjGroup`s, later uncharges land on the parent) is
-//! modelled by moving `U(o) − base(o)` into `frozen(dying group)` and setting `base(o) = U(o)`
-//! when `o` moves up. Also: usage within `max` unless a charge was forced; cached units
-//! within `batch × CPUs`; reference counts within the bounds the holders imply; hierarchical
-//! events at least the sum of the local ones below; each `ObjGroup`'s owner as modelled;
-//! `TreeStats` counts as modelled. Failures and refusals happen only when the numbers say so.
+//! where `local(x)` is what the object layer charged to `x` ([`ObjModel::charged_in`]): the
+//! units charged through each `ObjGroup` `o` while `x` owned it, `U(o) = (bytes of o's live
+//! objects + o's stocked bytes + o's parked bytes) / unit`, which must be a whole number (O1
+//! of `objgroup.rs`); reparenting (Linux's O3: the dying group keeps what was charged through
+//! its `ObjGroup`s, later uncharges land on the parent) books `U(o)` so far to the dying group
+//! and what follows to the parent. Also: usage within `max` unless a charge was forced; cached
+//! units within `batch × CPUs`; reference counts within the bounds the holders imply
+//! ([`TreeModel::ref_bounds`]); hierarchical events at least the sum of the local ones below;
+//! each `ObjGroup`'s owner, and which `ObjGroup` a lookup hands out, as modelled; creations,
+//! offlines and limit writes refused exactly as modelled; `TreeStats` counts as modelled.
+//! Failures and refusals of charges happen only when the numbers say so.
 //!
 //! At the end every object is uncharged, every stock drained, the root must be back at 0 and
 //! every `U(o)` at 0; then everything is dropped with the tree, and the [`Observer`] must
@@ -42,12 +48,13 @@ use chargetree::COUNTER_MAX;
 use chargetree::counter::LimitError;
 use chargetree::cpu::TestCpus;
 use chargetree::group::{
-    ChargeFailure, ChargeOptions, Charged, Group, GroupError, GroupId, GroupSpec, MoveError, Observer,
-    OwnerCell, Reclaimer, Tree, TreeConfig,
+    ChargeFailure, ChargeOptions, Charged, Group, GroupId, GroupSpec, MoveError, Observer, OwnerCell,
+    Reclaimer, Tree, TreeConfig,
 };
 use chargetree::objgroup::{MAX_UNIT_BYTES, ObjGroup};
 
 use crate::input::{Input, trace};
+use crate::model::{ObjModel, TreeModel};
 
 /// Stock entries per CPU: small, so that eviction is common.
 const K: usize = 2;
@@ -91,32 +98,21 @@ enum ObjRef {
 // SAFETY: a raw reference is an `ObjGroup` handle in another form, and handles are `Send`.
 unsafe impl Send for ObjRef {}
 
-/// One `ObjGroup` the caller obtained (kept until the end, so `U(o)` stays observable).
-struct ObjEntry {
-    handle: O,
-    /// The group it charges (model index).
-    owner: usize,
-    /// `U(o)` when it last moved up; what it charged before stays frozen in the groups it
-    /// left.
-    base: usize,
-}
-
 /// Everything the model knows, shared with the reclaimer.
 struct World {
     cpus: usize,
     batch: usize,
-    unit: usize,
     retries: usize,
+    /// The groups (index = `GroupId::index`) and the units the unit objects hold.
+    tree: TreeModel,
+    /// The `ObjGroup`s (index = creation order) and what they charged, as a ledger.
+    obj: ObjModel,
     /// The caller's handle of each group (`None` once dropped).
     handles: Vec<Option<G>>,
-    ids: Vec<GroupId>,
-    parents: Vec<Option<usize>>,
-    online: Vec<bool>,
-    frozen: Vec<i128>,
-    objgroups: Vec<ObjEntry>,
+    /// The caller's handle of each `ObjGroup` of `obj` (kept until the end, so `U(o)` stays
+    /// observable).
+    objgroups: Vec<O>,
     objects: Vec<Obj>,
-    forced: usize,
-    offlined: usize,
     /// The reclaimer's script; empty means "free up to the amount".
     script: Vec<u8>,
     script_pos: usize,
@@ -124,51 +120,22 @@ struct World {
 }
 
 impl World {
-    fn is_under(&self, mut j: usize, i: usize) -> bool {
-        loop {
-            if j == i {
-                return true;
-            }
-            match self.parents[j] {
-                Some(p) => j = p,
-                None => return false,
-            }
-        }
-    }
-
+    /// The model index of a group of this tree (ids are dense: the index is the id's).
     fn index_of(&self, id: GroupId) -> usize {
-        self.ids.iter().position(|&x| x == id).expect("a group of this tree")
+        let i = id.index();
+        assert!(i < self.tree.created(), "{id} is not a group of this tree");
+        i
     }
 
     fn group(&self, i: usize) -> &G {
         self.handles[i].as_ref().expect("a held group")
     }
 
-    /// Bytes of the live objects charged through `ObjGroup` `oi`.
-    fn live_bytes(&self, oi: usize) -> u128 {
-        self.objects
-            .iter()
-            .map(|o| match *o {
-                Obj::Bytes { objgroup, bytes, .. } if objgroup == oi => bytes as u128,
-                _ => 0,
-            })
-            .sum()
-    }
-
-    /// `U(o)`: the units charged through `ObjGroup` `oi` (O1 says it is whole).
-    fn units_of(&self, oi: usize) -> usize {
-        let o = &self.objgroups[oi].handle;
-        let total = self.live_bytes(oi) + o.cached_bytes() as u128 + o.parked_bytes() as u128;
-        assert_eq!(
-            total % self.unit as u128,
-            0,
-            "O1: objgroup {oi}: live {} + stocked {} + parked {} is not whole units of {}",
-            self.live_bytes(oi),
-            o.cached_bytes(),
-            o.parked_bytes(),
-            self.unit
-        );
-        (total / self.unit as u128) as usize
+    /// `U(o)`: the units charged through `ObjGroup` `oi` (O1 says it is whole; the model
+    /// checks), booked to its owner.
+    fn units_of(&mut self, oi: usize) -> usize {
+        let o = &self.objgroups[oi];
+        self.obj.observe(oi, o.cached_bytes(), o.parked_bytes())
     }
 
     /// Frees one object (uncharging it on the current CPU); returns the units it freed
@@ -176,22 +143,24 @@ impl World {
     fn free(&mut self, k: usize) -> usize {
         trace!("free object {k}");
         match self.objects.swap_remove(k) {
-            Obj::Units { cell, n, .. } => {
+            Obj::Units { cell, n, group } => {
                 let g = cell.take().expect("an object's cell holds its group");
                 g.uncharge(n);
+                self.tree.uncharged(group, n);
                 n
             }
             Obj::Bytes { reference, objgroup, bytes } => {
                 match reference {
                     ObjRef::Handle(h) => {
-                        self.objgroups[objgroup].handle.uncharge_bytes(bytes);
+                        self.objgroups[objgroup].uncharge_bytes(bytes);
                         drop(h);
                     }
                     // SAFETY: from `charge_object` on this ObjGroup; the object is removed
                     // from the list above, so it is given back once.
                     ObjRef::Raw(p) => unsafe { O::uncharge_object(p, bytes) },
                 }
-                bytes / self.unit
+                self.obj.record_uncharge(objgroup, bytes);
+                bytes / self.obj.unit
             }
         }
     }
@@ -199,8 +168,8 @@ impl World {
     /// Whether object `k` is charged to a group of `over`'s subtree.
     fn object_under(&self, k: usize, over: usize) -> bool {
         match self.objects[k] {
-            Obj::Units { group, .. } => self.is_under(group, over),
-            Obj::Bytes { objgroup, .. } => self.is_under(self.objgroups[objgroup].owner, over),
+            Obj::Units { group, .. } => self.tree.is_under(group, over),
+            Obj::Bytes { objgroup, .. } => self.tree.is_under(self.obj.objgroups[objgroup].owner, over),
         }
     }
 
@@ -295,17 +264,12 @@ pub fn run(data: &[u8]) {
     let world = Arc::new(Mutex::new(World {
         cpus,
         batch,
-        unit: unit.clamp(1, MAX_UNIT_BYTES),
         retries,
+        tree: TreeModel::new(),
+        obj: ObjModel::new(unit.clamp(1, MAX_UNIT_BYTES), cpus),
         handles: Vec::new(),
-        ids: Vec::new(),
-        parents: Vec::new(),
-        online: Vec::new(),
-        frozen: Vec::new(),
         objgroups: Vec::new(),
         objects: Vec::new(),
-        forced: 0,
-        offlined: 0,
         script,
         script_pos: 0,
         reclaims: 0,
@@ -323,11 +287,8 @@ pub fn run(data: &[u8]) {
     {
         let mut w = lock(&world);
         let root = tree.root();
-        w.ids.push(root.id());
+        assert_eq!(root.id(), GroupId::from_index(0), "the root is group 0");
         w.handles.push(Some(root));
-        w.parents.push(None);
-        w.online.push(true);
-        w.frozen.push(0);
     }
     check(&tree, &world);
 
@@ -406,7 +367,7 @@ fn step(input: &mut Input<'_>, tree: &Tree<TestCpus, K>, world: &Mutex<World>) {
             // objects' cells, children and ObjGroups let go, and freed after a grace period.
             let (i, _) = held(input, world).expect("the root is held");
             let mut w = lock(world);
-            if !w.online[i] {
+            if !w.tree.online[i] {
                 w.handles[i] = None;
             }
         }
@@ -420,8 +381,8 @@ fn step(input: &mut Input<'_>, tree: &Tree<TestCpus, K>, world: &Mutex<World>) {
             let c = cpu(input, world);
             let (sub, others) = {
                 let w = lock(world);
-                let sub: Vec<usize> = (0..w.handles.len()).filter(|&j| w.is_under(j, g)).collect();
-                let others: Vec<usize> = (0..w.handles.len()).filter(|&j| !w.is_under(j, g)).collect();
+                let sub = w.tree.subtree(g);
+                let others: Vec<usize> = (0..w.handles.len()).filter(|&j| !w.tree.is_under(j, g)).collect();
                 (sub, others)
             };
             let (want, kept) = (cached_of(tree, world, &sub), cached_of(tree, world, &others));
@@ -433,24 +394,15 @@ fn step(input: &mut Input<'_>, tree: &Tree<TestCpus, K>, world: &Mutex<World>) {
             let v = input.limit();
             let r = group.set_max(v);
             let (usage, max) = (group.counter().usage(), group.counter().max());
-            match r {
-                Ok(()) => {
-                    // `usize::MAX` is "no limit", stored as COUNTER_MAX.
-                    let v = if v == usize::MAX { COUNTER_MAX } else { v };
-                    assert!(v <= COUNTER_MAX);
-                    assert_eq!(max, v, "set_max({g}, {v}) installed");
-                    assert!(usage <= v, "set_max({g}, {v}) below usage {usage}");
+            // `Busy` reports the usage after draining the subtree's stocks: the usage now.
+            let want = TreeModel::limit_write(v, usage);
+            assert_eq!(r, want.map(|_| ()), "set_max({g}, {v}) at usage {usage}");
+            match want {
+                Ok(limit) => assert_eq!(max, limit, "set_max({g}, {v}) installed"),
+                Err(LimitError::Busy { .. }) => {
+                    assert_eq!(group.cached_units(), 0, "the refused write drained the group")
                 }
-                Err(LimitError::TooLarge { value }) => {
-                    assert!(value == v && v > COUNTER_MAX && v != usize::MAX)
-                }
-                Err(LimitError::Busy { usage: u, limit }) => {
-                    assert_eq!(limit, v);
-                    assert_eq!(u, usage, "Busy reports the usage after draining");
-                    assert!(usage > v, "set_max({g}, {v}) refused at usage {usage}");
-                    assert_eq!(group.cached_units(), 0, "the refused write drained the group");
-                }
-                Err(other) => panic!("set_max({g}, {v}): unexpected {other:?}"),
+                Err(_) => {}
             }
         }
         16 => {
@@ -462,15 +414,8 @@ fn step(input: &mut Input<'_>, tree: &Tree<TestCpus, K>, world: &Mutex<World>) {
                 1 => c.set_min(v),
                 _ => c.set_low(v),
             };
-            let offline = !lock(world).online[g];
-            let expected = if v > COUNTER_MAX && v != usize::MAX {
-                Err(LimitError::TooLarge { value: v })
-            } else if which != 0 && offline && !group.is_root() {
-                // An offline group's protection is revoked for good.
-                Err(LimitError::Retired)
-            } else {
-                Ok(())
-            };
+            // An offline group's protection is revoked for good.
+            let expected = lock(world).tree.set_other(g, which, v);
             assert_eq!(r, expected, "set of {g}'s setting {which} to {v}");
         }
         17 => walk_reclaim(input, world),
@@ -486,11 +431,12 @@ fn step(input: &mut Input<'_>, tree: &Tree<TestCpus, K>, world: &Mutex<World>) {
             for obj in &w.objects {
                 if let Obj::Units { cell, group, .. } = obj {
                     let r = cell.load(&guard).expect("an object's cell is never empty");
-                    assert_eq!(r.id(), w.ids[*group], "the cell names the group charged");
-                    assert_eq!(r.is_online(), w.online[*group]);
+                    let id = GroupId::from_index(*group);
+                    assert_eq!(r.id(), id, "the cell names the group charged");
+                    assert_eq!(r.is_online(), w.tree.online[*group]);
                     let g = cell.get(&guard).expect("the cell owns a reference");
-                    assert_eq!(g.id(), w.ids[*group]);
-                    assert_eq!(r.tryget_online().is_some(), w.online[*group]);
+                    assert_eq!(g.id(), id);
+                    assert_eq!(r.tryget_online().is_some(), w.tree.online[*group]);
                 }
             }
         }
@@ -579,7 +525,7 @@ fn check_failure(
 fn check_success(world: &Mutex<World>, opts: ChargeOptions, c: Charged) {
     if c.forced {
         assert!(opts.no_fail, "forced without no_fail");
-        lock(world).forced += 1;
+        lock(world).tree.forced_charge();
     }
     if let Some(o) = c.over_high {
         assert!(o.usage > o.high, "{o:?}");
@@ -602,7 +548,9 @@ fn charge_units(input: &mut Input<'_>, world: &Mutex<World>) {
     match r {
         Ok(charged) => {
             check_success(world, opts, charged);
-            lock(world).objects.push(Obj::Units { cell: OwnerCell::new(group.clone()), n, group: g });
+            let mut w = lock(world);
+            w.tree.charged(g, n);
+            w.objects.push(Obj::Units { cell: OwnerCell::new(group.clone()), n, group: g });
         }
         Err(e) => check_failure(world, &group, Asked::Units(n), opts, e, reclaims),
     }
@@ -617,7 +565,7 @@ fn charge_bytes(input: &mut Input<'_>, world: &Mutex<World>) {
             return;
         }
         let oi = input.index(w.objgroups.len());
-        (oi, w.objgroups[oi].handle.clone(), w.unit)
+        (oi, w.objgroups[oi].clone(), w.obj.unit)
     };
     let bytes = match input.u8() % 8 {
         0..=5 => usize::from(input.u16()) % (3 * unit.min(4096) + 1),
@@ -644,7 +592,9 @@ fn charge_bytes(input: &mut Input<'_>, world: &Mutex<World>) {
     match r {
         Ok((charged, reference)) => {
             check_success(world, opts, charged);
-            lock(world).objects.push(Obj::Bytes { reference, objgroup: oi, bytes });
+            let mut w = lock(world);
+            w.obj.record_charge(oi, bytes);
+            w.objects.push(Obj::Bytes { reference, objgroup: oi, bytes });
         }
         Err(e) => {
             let units = bytes / unit + usize::from(bytes % unit != 0);
@@ -655,14 +605,15 @@ fn charge_bytes(input: &mut Input<'_>, world: &Mutex<World>) {
 
 fn move_charge(input: &mut Input<'_>, world: &Mutex<World>) {
     let (to, target) = held(input, world).expect("the root is held");
-    let mut w = lock(world);
+    let mut guard = lock(world);
+    let w = &mut *guard;
     let units: Vec<usize> =
         (0..w.objects.len()).filter(|&k| matches!(w.objects[k], Obj::Units { .. })).collect();
     if units.is_empty() {
         return;
     }
     let k = units[input.index(units.len())];
-    let online = w.online[to];
+    let online = w.tree.online[to];
     let Obj::Units { cell, n, group } = &mut w.objects[k] else { unreachable!() };
     let (from, n) = (*group, *n);
     let r = cell.move_charge(&target, n);
@@ -671,12 +622,13 @@ fn move_charge(input: &mut Input<'_>, world: &Mutex<World>) {
         Ok(()) => {
             assert!(from == to || online, "moved to offline group {to}");
             *group = to;
+            w.tree.moved(from, to, n);
         }
         Err(MoveError::TargetOffline) => assert!(from != to && !online),
         Err(MoveError::Limit { group: id, max, usage }) => {
             assert!(from != to && online);
             let over = w.index_of(id);
-            assert!(w.is_under(to, over), "{over} is not on {to}'s path");
+            assert!(w.tree.is_under(to, over), "{over} is not on {to}'s path");
             assert!(usage.saturating_add(n) > max, "move of {n} refused at {usage}/{max}");
         }
         Err(MoveError::TooLarge) => assert!(n > COUNTER_MAX),
@@ -688,11 +640,12 @@ fn create_child(input: &mut Input<'_>, world: &Mutex<World>) {
     let (p, parent) = held(input, world).expect("the root is held");
     let flags = input.u8();
     let mut spec = GroupSpec::new().track_protection(flags & 1 == 0).track_failcnt(flags & 2 == 0);
-    let mut bad = false;
+    // The settings given, in the order the spec checks them (max, high, min, low).
+    let mut settings = Vec::new();
     for (bit, value) in [(4, 0), (8, 1), (16, 2), (32, 3)] {
         if flags & bit != 0 {
-            let v = input.limit();
-            bad |= v > COUNTER_MAX && v != usize::MAX; // usize::MAX is "no limit"
+            let v = input.limit(); // usize::MAX is "no limit"
+            settings.push(v);
             spec = match value {
                 0 => spec.max(v),
                 1 => spec.high(v),
@@ -707,58 +660,39 @@ fn create_child(input: &mut Input<'_>, world: &Mutex<World>) {
     }
     let r = parent.create_child(spec);
     trace!("create a child of {p}: {:?}", r.as_ref().map(|g| g.id()));
-    match r {
-        Ok(g) => {
-            assert!(!bad && w.online[p], "created under {p} (online {}), bad spec {bad}", w.online[p]);
-            assert!(g.is_online() && !g.is_root());
-            assert!(g.parent().expect("a child").ptr_eq(&parent));
-            assert!(!w.ids.contains(&g.id()), "ids are never reused");
-            w.ids.push(g.id());
-            w.handles.push(Some(g));
-            w.parents.push(Some(p));
-            w.online.push(true);
-            w.frozen.push(0);
-        }
-        Err(GroupError::Limit(LimitError::TooLarge { .. })) => assert!(bad),
-        Err(GroupError::ParentOffline) => assert!(!bad && !w.online[p]),
-        Err(e) => panic!("create_child under {p}: {e:?}"),
+    // Refused for the first unrepresentable setting, then for an offline parent; else the
+    // next id (ids are dense and never reused).
+    let want = w.tree.create_child(p, &settings);
+    assert_eq!(
+        r.as_ref().map(Group::id).map_err(|e| *e),
+        want.map(GroupId::from_index),
+        "create_child under {p}"
+    );
+    if let Ok(g) = r {
+        assert!(g.is_online() && !g.is_root());
+        assert!(g.parent().expect("a child").ptr_eq(&parent));
+        w.handles.push(Some(g));
     }
 }
 
 fn offline(input: &mut Input<'_>, world: &Mutex<World>) {
     let (g, group) = held(input, world).expect("the root is held");
-    let mut w = lock(world);
-    let online_children = (0..w.handles.len()).filter(|&j| w.parents[j] == Some(g) && w.online[j]).count();
-    let want = if g == 0 {
-        Err(GroupError::Root)
-    } else if !w.online[g] {
-        Err(GroupError::Offline)
-    } else if online_children > 0 {
-        Err(GroupError::HasOnlineChildren { online_children })
-    } else {
-        Ok(())
-    };
-    if want.is_ok() {
-        // Reparenting: what each of its ObjGroups charged so far stays with `g` (and its
-        // ancestors); what they charge or uncharge from now on lands on the parent.
-        let parent = w.parents[g].expect("not the root");
-        for oi in 0..w.objgroups.len() {
-            if w.objgroups[oi].owner == g {
-                let u = w.units_of(oi);
-                let base = w.objgroups[oi].base;
-                w.frozen[g] += u as i128 - base as i128;
-                let e = &mut w.objgroups[oi];
-                e.base = u;
-                e.owner = parent;
-            }
+    let mut guard = lock(world);
+    let w = &mut *guard;
+    // Reparenting: what each of its ObjGroups charged so far stays with `g` (and its
+    // ancestors); what they charge or uncharge from now on lands on the parent. So book what
+    // they charged until now to `g` first.
+    for oi in 0..w.objgroups.len() {
+        if w.obj.objgroups[oi].owner == g {
+            w.units_of(oi);
         }
     }
+    let want = w.tree.offline(g);
     let r = group.offline();
     trace!("offline {g}: {r:?}");
     assert_eq!(r, want, "offline({g})");
     if r.is_ok() {
-        w.online[g] = false;
-        w.offlined += 1;
+        w.obj.reparent(&w.tree, g);
         assert!(!group.is_online());
         assert_eq!(group.cached_units(), 0, "offline drains the group's stock entries");
         assert_eq!((group.counter().min(), group.counter().low()), (0, 0), "a dying group protects nothing");
@@ -767,17 +701,20 @@ fn offline(input: &mut Input<'_>, world: &Mutex<World>) {
 
 fn obj_group(input: &mut Input<'_>, world: &Mutex<World>) {
     let (g, group) = held(input, world).expect("the root is held");
-    let mut w = lock(world);
+    let mut guard = lock(world);
+    let w = &mut *guard;
     let o = group.obj_group().expect("the tree is alive");
     trace!("obj_group of {g}: {o:?}");
-    // The group's own while online, else the nearest online ancestor's.
-    let mut owner = g;
-    while !w.online[owner] {
-        owner = w.parents[owner].expect("the root is online");
-    }
-    assert_eq!(o.group().id(), w.ids[owner], "obj_group of {g}");
-    if !w.objgroups.iter().any(|e| e.handle.ptr_eq(&o)) {
-        w.objgroups.push(ObjEntry { handle: o, owner, base: 0 });
+    // The group's own while online, else the nearest online ancestor's; created on first use.
+    let (oi, created) = w.obj.obj_group(&w.tree, g);
+    let owner = w.obj.objgroups[oi].owner;
+    assert_eq!(owner, w.tree.obj_group_owner(g));
+    assert_eq!(o.group().id(), GroupId::from_index(owner), "obj_group of {g}");
+    if created {
+        assert!(!w.objgroups.iter().any(|e| e.ptr_eq(&o)), "a new ObjGroup for {owner}");
+        w.objgroups.push(o);
+    } else {
+        assert!(w.objgroups[oi].ptr_eq(&o), "the ObjGroup {owner} had already");
     }
 }
 
@@ -822,7 +759,7 @@ fn walk_reclaim(input: &mut Input<'_>, world: &Mutex<World>) {
             let mut k = 0;
             while k < w.objects.len() && freed < want {
                 match w.objects[k] {
-                    Obj::Units { group, .. } if w.ids[group] == id => freed += w.free(k),
+                    Obj::Units { group, .. } if GroupId::from_index(group) == id => freed += w.free(k),
                     _ => k += 1,
                 }
             }
@@ -842,7 +779,7 @@ fn cached_all(tree: &Tree<TestCpus, K>, w: &World) -> Vec<usize> {
     (0..w.handles.len())
         .map(|i| match &w.handles[i] {
             Some(g) => g.cached_units(),
-            None => live.iter().find(|g| g.id() == w.ids[i]).map_or(0, |g| g.cached_units()),
+            None => live.iter().find(|g| g.id().index() == i).map_or(0, |g| g.cached_units()),
         })
         .collect()
 }
@@ -854,21 +791,24 @@ fn cached_of(tree: &Tree<TestCpus, K>, world: &Mutex<World>, nodes: &[usize]) ->
 }
 
 fn check(tree: &Tree<TestCpus, K>, world: &Mutex<World>) {
-    let w = lock(world);
+    let mut guard = lock(world);
+    let w = &mut *guard;
     let n = w.handles.len();
     let stats = tree.stats();
-    assert_eq!(stats.forced, w.forced, "TreeStats::forced");
+    assert_eq!(stats.forced, w.tree.forced, "TreeStats::forced");
     assert_eq!(stats.created, n, "TreeStats::created");
-    assert_eq!(stats.offlined, w.offlined, "TreeStats::offlined");
+    assert_eq!(w.tree.created(), n);
+    assert_eq!(stats.offlined, w.tree.offlined, "TreeStats::offlined");
     assert_eq!(stats.stray_bytes, 0, "objects uncharge what they charged");
+    assert_eq!(stats.objgroups_created, w.objgroups.len(), "TreeStats::objgroups_created");
 
     // The tree's own view of its topology: every held group is listed, everything listed is
     // a group of the model, in pre-order (parents first), and children lists agree.
     let listed = tree.groups();
     let index: Vec<usize> = listed.iter().map(|g| w.index_of(g.id())).collect();
     for (k, &i) in index.iter().enumerate() {
-        assert_eq!(listed[k].is_online(), w.online[i]);
-        if let Some(p) = w.parents[i] {
+        assert_eq!(listed[k].is_online(), w.tree.online[i]);
+        if let Some(p) = w.tree.parents[i] {
             assert!(index[..k].contains(&p), "groups() lists {i} before its parent {p}");
         }
     }
@@ -876,52 +816,44 @@ fn check(tree: &Tree<TestCpus, K>, world: &Mutex<World>) {
         assert!(index.contains(&i), "groups() misses held group {i}");
         let children: Vec<usize> = w.group(i).children().iter().map(|c| w.index_of(c.id())).collect();
         for &c in &children {
-            assert_eq!(w.parents[c], Some(i), "{c} listed as a child of {i}");
+            assert_eq!(w.tree.parents[c], Some(i), "{c} listed as a child of {i}");
         }
-        for c in (0..n).filter(|&c| w.parents[c] == Some(i) && w.handles[c].is_some()) {
+        for c in (0..n).filter(|&c| w.tree.parents[c] == Some(i) && w.handles[c].is_some()) {
             assert!(children.contains(&c), "children() of {i} misses {c}");
         }
     }
     drop(listed);
 
-    // Per-group terms of the usage equation.
-    let mut units_at = vec![0i128; n];
-    for obj in &w.objects {
-        if let Obj::Units { n: u, group, .. } = obj {
-            units_at[*group] += *u as i128;
-        }
-    }
-    let cached = cached_all(tree, &w);
-    let mut obj_at = vec![0i128; n];
+    // The terms of the usage equation: the unit objects' units are the model's `held`, the
+    // ObjGroups' units (O1, checked by `units_of`) are booked to their owners.
     for oi in 0..w.objgroups.len() {
-        let e = &w.objgroups[oi];
-        assert_eq!(e.handle.group().id(), w.ids[e.owner], "owner of objgroup {oi}");
-        obj_at[e.owner] += w.units_of(oi) as i128 - e.base as i128;
+        let owner = w.obj.objgroups[oi].owner;
+        assert_eq!(w.objgroups[oi].group().id(), GroupId::from_index(owner), "owner of objgroup {oi}");
+        w.units_of(oi);
     }
+    let cached = cached_all(tree, w);
     for i in 0..n {
         let Some(g) = w.handles[i].as_ref() else { continue };
-        let sub: Vec<usize> = (0..n).filter(|&j| w.is_under(j, i)).collect();
-        let want: i128 = sub.iter().map(|&j| units_at[j] + cached[j] as i128 + w.frozen[j] + obj_at[j]).sum();
+        let sub = w.tree.subtree(i);
+        let stocked: i128 = sub.iter().map(|&j| cached[j] as i128).sum();
+        let want = w.tree.held_in(i) as i128 + w.obj.charged_in(&w.tree, i) + stocked;
         let c = g.counter();
         let usage = c.usage();
         assert_eq!(usage as i128, want, "usage of group {i}");
-        if w.forced == 0 {
+        if w.tree.forced == 0 {
             assert!(usage <= c.max(), "group {i} above its max without a forced charge");
         }
         assert!(cached[i] <= w.batch * w.cpus, "group {i}: {} cached, batch {}", cached[i], w.batch);
-        assert_eq!(g.is_online(), w.online[i]);
+        assert_eq!(g.is_online(), w.tree.online[i]);
 
-        // References: the caller's handle, the base while online, each object's cell, each
-        // ObjGroup charging it, each held child; plus at most one per CPU's stock and one per
+        // References: the caller's handle, each object's cell, each ObjGroup charging it, the
+        // base while online, each held child; plus at most one per CPU's stock and one per
         // dropped child not freed yet.
         let cells = w.objects.iter().filter(|o| matches!(o, Obj::Units { group, .. } if *group == i)).count();
-        let objgroups = w.objgroups.iter().filter(|e| e.owner == i).count();
-        let children: Vec<usize> = (0..n).filter(|&j| w.parents[j] == Some(i)).collect();
-        let held_children = children.iter().filter(|&&j| w.handles[j].is_some()).count();
-        let least = 1 + usize::from(w.online[i]) + cells + objgroups + held_children;
-        let most = least + w.cpus + (children.len() - held_children);
+        let objgroups = w.obj.objgroups.iter().filter(|e| e.owner == i).count();
+        let bounds = w.tree.ref_bounds(i, 1 + cells + objgroups, w.cpus, |j| w.handles[j].is_some());
         let refs = g.ref_count();
-        assert!((least..=most).contains(&refs), "refs of {i}: {refs} not in {least}..={most}");
+        assert!(bounds.contains(&refs), "refs of {i}: {refs} not in {bounds:?}");
 
         // Hierarchical events are at least the local ones below (equal while nothing below
         // was freed).
@@ -963,10 +895,10 @@ fn finish(input: &mut Input<'_>, tree: Tree<TestCpus, K>, world: Arc<Mutex<World
     check(&tree, &world);
     assert_eq!(root.counter().usage(), 0, "the root is back at zero");
     {
-        let w = lock(&world);
+        let mut w = lock(&world);
         for oi in 0..w.objgroups.len() {
             assert_eq!(w.units_of(oi), 0, "objgroup {oi} still charges units");
-            assert!(w.objgroups[oi].handle.parked_bytes() < w.unit);
+            assert!(w.objgroups[oi].parked_bytes() < w.obj.unit);
         }
     }
     drop(root);

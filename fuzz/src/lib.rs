@@ -5,14 +5,14 @@
 //! `tests/fuzz_replay.rs` in the main crate includes these same files by path, so `cargo
 //! test` replays the committed corpus and every regression on stable without libFuzzer.
 //! So that the same files compile in both crates, the interpreters name their helpers
-//! `crate::input` and the reference model `crate::model` (here chargetree's own, behind its
-//! `model` feature; the replay test includes `src/model.rs` by path, so that plain `cargo
-//! test` needs no feature).
+//! `crate::input` and the reference models `crate::model` (chargetree's own, behind its
+//! `model` feature, in both crates: re-exported here, imported under that name by the
+//! replay test).
 
 pub mod api_ops;
 pub mod counter_ops;
 pub mod input;
 pub mod protection;
 
-/// The sequential reference model the interpreters compare with.
+/// The sequential reference models the interpreters compare with.
 pub use chargetree::model;

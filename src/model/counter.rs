@@ -1,11 +1,28 @@
-//! A plain sequential reference model of a tree of counters: no atomics, no cleverness,
-//! each rule of the [`counter`](crate::counter) module docs written the obvious way. Property tests and the fuzz
-//! targets run random operations on the real counters and on this model and compare every
-//! observable after each step. Not covered by semver.
+//! The model of a tree of [`Counter`](crate::counter::Counter)s: no atomics, no cleverness,
+//! each rule of the [`counter`](crate::counter) module docs written the obvious way.
+//!
+//! Encodes, per method: the limit-checked charge that names the lowest refusing level and
+//! counts the failure there ([`Model::try_charge`]), the forced charge that only
+//! `COUNTER_MAX` stops ([`Model::charge`]), the hierarchical underflow clamp
+//! ([`Model::uncharge`]), `set_max`'s `Busy` below usage and the other settings' acceptance
+//! of any representable value ([`Model::set_max`], [`Model::set_other`], [`setting`]), peaks
+//! and their reset, the protected-usage sums (top nodes never summed), and effective
+//! protection written recursively from its five rules ([`Model::effective`]).
 
 use alloc_crate::vec::Vec;
 
 use crate::counter::{COUNTER_MAX, LimitError};
+
+/// A setting as a counter stores it (the counter docs' rule for every setting, `max`, `high`,
+/// `min` and `low` alike): `usize::MAX` is "no limit" and stored as `COUNTER_MAX`; any other
+/// value above `COUNTER_MAX` is refused with [`LimitError::TooLarge`].
+pub fn setting(v: usize) -> Result<usize, LimitError> {
+    match v {
+        usize::MAX => Ok(COUNTER_MAX),
+        v if v > COUNTER_MAX => Err(LimitError::TooLarge { value: v }),
+        v => Ok(v),
+    }
+}
 
 /// One node of the model.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -148,7 +165,7 @@ impl Model {
 
     /// `set_max` with `Busy` below usage; `usize::MAX` means no limit.
     pub fn set_max(&mut self, i: usize, v: usize) -> Result<(), LimitError> {
-        let v = Self::value(v)?;
+        let v = setting(v)?;
         let usage = self.nodes[i].usage;
         if usage > v {
             return Err(LimitError::Busy { usage, limit: v });
@@ -159,7 +176,7 @@ impl Model {
 
     /// Sets `high`, `min` or `low` (selected by `which`: 0, 1, 2).
     pub fn set_other(&mut self, i: usize, which: u8, v: usize) -> Result<(), LimitError> {
-        let v = Self::value(v)?;
+        let v = setting(v)?;
         let n = &mut self.nodes[i];
         match which {
             0 => n.high = v,
@@ -167,16 +184,6 @@ impl Model {
             _ => n.low = v,
         }
         Ok(())
-    }
-
-    /// A setting as stored: `usize::MAX` is "max" (`COUNTER_MAX`), other values above it are
-    /// refused.
-    fn value(v: usize) -> Result<usize, LimitError> {
-        match v {
-            usize::MAX => Ok(COUNTER_MAX),
-            v if v > COUNTER_MAX => Err(LimitError::TooLarge { value: v }),
-            v => Ok(v),
-        }
     }
 
     /// Global peak reset.
@@ -233,8 +240,8 @@ impl Model {
         }
         let (pmin, plow) = self.effective(parent, root, recursive)?;
         let pu = self.nodes[parent].usage;
-        let one = |setting: usize, peff: usize, siblings: usize| -> usize {
-            let protected = n.usage.min(setting) as u128;
+        let one = |declared: usize, peff: usize, siblings: usize| -> usize {
+            let protected = n.usage.min(declared) as u128;
             let (peff, siblings) = (peff as u128, siblings as u128);
             let ep = if siblings > peff {
                 protected * peff / siblings
