@@ -24,6 +24,8 @@ const CASES: &[&str] = &[
     "counter-d4",
     "counter-d8",
     "stocked-d4",
+    "stocked-rr4",
+    "stocked-rr64",
     "object-64b",
     "object-64b-ref",
     "object-64b-cloned-ref",
@@ -101,6 +103,20 @@ fn main() {
         "stocked-d4" => {
             let g = group_chain(&tree, 4);
             for _ in 0..n {
+                let _ = g.try_charge(black_box(1)).unwrap();
+                g.uncharge(black_box(1));
+            }
+        }
+        "stocked-rr4" | "stocked-rr64" => {
+            // Stocked pairs round-robin over N sibling groups at depth 4 (`benches/stock.rs`'s
+            // thrash shape), one pair per iteration: 4 fit in one CPU's stock, 64 do not
+            // unless the stock holds them. N (the iteration count) should be a multiple of 64.
+            let groups: usize = case[10..].parse().unwrap();
+            let parent = group_chain(&tree, 3);
+            let gs: Vec<Group> =
+                (0..groups).map(|_| parent.create_child(GroupSpec::new()).unwrap()).collect();
+            for i in 0..n {
+                let g = &gs[i % groups];
                 let _ = g.try_charge(black_box(1)).unwrap();
                 g.uncharge(black_box(1));
             }
