@@ -275,17 +275,12 @@ mod threads {
         });
     }
 
-    /// Rule 5 of the counter's docs and the README: a refused charge raises no peak. In a
-    /// chain deeper than the commit walk's chunk (16 levels), the levels above the lowest
-    /// chunk raise their peaks as soon as their own checks pass (`CHUNK` in `charge.rs`), so
-    /// a charge refused in the commit pass further down leaves its value in their peaks:
-    /// here, levels 16–19 of a 20-level chain show peak 3 although no charge ever
-    /// committed there. (Each of those values passed that level's own limit, so `peak <=
-    /// max` still holds.)
+    /// Rule 5 of the counter's docs and the README: a refused charge raises no peak, also in
+    /// a chain deeper than the commit walk's chunk (16 levels). Before the fix the levels
+    /// above the lowest chunk raised their peaks as soon as their own checks passed, so a
+    /// charge refused further down left its value there: levels 16–19 of this 20-level
+    /// chain showed peak 3 although no charge ever committed there.
     #[test]
-    #[ignore = "bug: in chains deeper than 16 levels a charge refused in its commit pass raises \
-                the peaks of the levels above the lowest 16 (documented at CHUNK in charge.rs, \
-                but against rule 5 of the counter docs and the README's peak promise)"]
     fn a_refused_charge_raises_no_peak_at_any_depth() {
         const DEPTH: usize = 20;
         with_chain(DEPTH, |chain| {

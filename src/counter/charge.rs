@@ -36,10 +36,9 @@ use super::{COUNTER_MAX, ChargeError, Counter, Overflow, Underflow, clamp_nonneg
 use crate::sync::atomic::Ordering;
 use crate::sync::dekker_fence;
 
-/// How many levels one frame of the commit walk keeps on the stack. A deeper path commits the
-/// levels above each chunk of this many first (recursively, so a path of `d` levels uses
-/// `d / CHUNK` frames); those upper levels raise their peaks as soon as their own checks pass,
-/// the lowest chunk only once the whole walk has committed.
+/// How many levels one frame of the commit walk keeps on the stack. A deeper path uses one
+/// frame per chunk of this many levels (`d / CHUNK + 1` frames for `d` levels), each kept
+/// until the whole walk has committed, so that peaks are raised only by committed charges.
 const CHUNK: usize = 16;
 
 impl<'p> Counter<'p> {
@@ -235,10 +234,26 @@ impl<'p> Counter<'p> {
         self.ancestors_and_self().nth(level).expect("level is within the path")
     }
 
-    /// Pass 2 of the charge walk from this node (level `base` of the walk) to the top:
-    /// adds `n` top-down, checking each level right after its add. Returns the level that
-    /// refused, after taking back everything this walk added (see the module docs).
+    /// Pass 2 of the charge walk from this node to the top: adds `n` top-down, checking each
+    /// level right after its add, and raises every level's peaks only once the whole walk
+    /// has committed. Returns the level that refused, after taking back everything this
+    /// walk added (see the module docs).
     fn commit<const FORCE: bool>(&self, n: usize, base: usize) -> Result<(), usize> {
+        self.commit_chunk::<FORCE, _>(n, base, || Ok(()))
+    }
+
+    /// One chunk of [`Counter::commit`]: the up to `CHUNK` levels from this node (level
+    /// `base` of the walk). The levels above the chunk are committed first, by the frame of
+    /// the chunk above, which calls back into this one (`below` of that frame) once its own
+    /// adds passed; this chunk adds, then runs `below` (the chunks further down), and raises
+    /// its peaks only if that succeeded too. So every frame stays alive until the whole walk
+    /// is decided, and a charge refused anywhere raises no peak at any depth (rule 5).
+    fn commit_chunk<const FORCE: bool, B: FnMut() -> Result<(), usize>>(
+        &self,
+        n: usize,
+        base: usize,
+        mut below: B,
+    ) -> Result<(), usize> {
         let mut path: [Option<&Counter<'p>>; CHUNK] = [None; CHUNK];
         let mut len = 0;
         let mut above = Some(self);
@@ -248,21 +263,34 @@ impl<'p> Counter<'p> {
             len += 1;
             above = c.conf.parent;
         }
-        if let Some(upper) = above {
-            // Deeper than one chunk: the levels above it first (top-down overall).
-            upper.commit::<FORCE>(n, base + CHUNK)?;
+        match above {
+            // Deeper than one chunk: the levels above first (top-down overall). A trait
+            // object, so that the recursion instantiates one function, not one per depth.
+            Some(upper) => {
+                let mut rest = || Self::commit_levels::<FORCE>(&path[..len], above, n, base, &mut below);
+                let f: &mut dyn FnMut() -> Result<(), usize> = &mut rest;
+                upper.commit_chunk::<FORCE, _>(n, base + CHUNK, f)
+            }
+            None => Self::commit_levels::<FORCE>(&path[..len], None, n, base, below),
         }
+    }
+
+    /// The adds of one chunk (`path`, bottom-up, `above` the level over its top), then
+    /// `below`, then the chunk's peaks.
+    #[inline(always)]
+    fn commit_levels<const FORCE: bool>(
+        path: &[Option<&Counter<'p>>],
+        above: Option<&Counter<'p>>,
+        n: usize,
+        base: usize,
+        mut below: impl FnMut() -> Result<(), usize>,
+    ) -> Result<(), usize> {
+        let len = path.len();
         let mut news = [0usize; CHUNK];
         for i in (0..len).rev() {
             let c = path[i].expect("within len");
             match c.add_checked::<FORCE>(n) {
-                Ok(new) => {
-                    news[i] = new;
-                    if base > 0 {
-                        // An upper chunk: its values passed their checks; see `CHUNK`.
-                        c.raise_peaks(new);
-                    }
-                }
+                Ok(new) => news[i] = new,
                 Err(kept) => {
                     // `c` took back what it could of its add; the levels above give back
                     // exactly as much (module docs, point 1). What it could not take back
@@ -279,13 +307,14 @@ impl<'p> Counter<'p> {
                 }
             }
         }
-        if base == 0 {
-            // The whole walk has committed: raise each level's peaks to the value its own
-            // add produced there (Linux's rule; never a re-read, which could include another
-            // charge's speculative add).
-            for (c, &new) in path[..len].iter().zip(&news[..len]) {
-                c.expect("within len").raise_peaks(new);
-            }
+        // The chunks below take back this chunk's adds themselves if they refuse (their
+        // `subtract_walk` goes to the root).
+        below()?;
+        // The whole walk has committed: raise each level's peaks to the value its own add
+        // produced there (Linux's rule; never a re-read, which could include another
+        // charge's speculative add).
+        for (c, &new) in path.iter().zip(&news[..len]) {
+            c.expect("within len").raise_peaks(new);
         }
         Ok(())
     }
