@@ -275,7 +275,10 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
             let domain = node.domain();
             domain.note_released(node.id);
             if !domain.is_detached() {
-                let _detached = domain.push_released(NonNull::from(&node.released));
+                // SAFETY: `p` points to the live node; the header pointer is taken from it (not
+                // from a reference to the field) so the free function may deallocate through it.
+                let header = unsafe { NonNull::new_unchecked(ptr::addr_of_mut!((*p.as_ptr()).released)) };
+                let _detached = domain.push_released(header);
                 return;
             }
             // SAFETY: released, never queued, and unreachable (see above); the parent's
@@ -299,7 +302,9 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
             // is read after the push.
             let node = unsafe { this.as_ref() };
             node.domain().note_released(node.id);
-            (node.domain, NonNull::from(&node.released))
+            // SAFETY: as above; the header pointer keeps the provenance of the whole node
+            // (the free function deallocates the node through it).
+            (node.domain, unsafe { NonNull::new_unchecked(ptr::addr_of_mut!((*this.as_ptr()).released)) })
         };
         // SAFETY: the domain is alive (this unpublished node keeps its root, hence a share);
         // no borrow of it is held here.

@@ -154,7 +154,11 @@ impl ShardArena {
     fn slot_at(&self, s: &Slots, index: usize) -> Slot {
         // SAFETY: blocks live as long as the arena.
         let block = unsafe { s.blocks[index / BLOCK].as_ref() };
-        let base = NonNull::from(&block.shards[index % BLOCK]);
+        // From the whole row array, not one element: the count reaches its other shards
+        // `c × BLOCK` words further (a pointer from `&shards[i]` could not, under Stacked
+        // Borrows).
+        // SAFETY: `index % BLOCK < BLOCK <= shards.len()`, inside the array.
+        let base = unsafe { NonNull::new_unchecked(block.shards.as_ptr().cast_mut().add(index % BLOCK)) };
         for c in 0..self.classes {
             // ORDERING: Relaxed; the slot is not shared yet (its previous owner was freed
             // after its grace period; the new owner is published by the node's own

@@ -347,7 +347,13 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
         let (domain, header) = {
             // SAFETY: ours until published (count zero, not yet on the list).
             let node = unsafe { this.as_ref() };
-            (NonNull::from(node.tree().domain()), NonNull::from(&node.released))
+            (
+                NonNull::from(node.tree().domain()),
+                // From the node's pointer, not a reference to the field: the free function
+                // gets the whole node back from it (and deallocates through it).
+                // SAFETY: `this` points to a live node.
+                unsafe { NonNull::new_unchecked(ptr::addr_of_mut!((*this.as_ptr()).released)) },
+            )
         };
         // SAFETY: the domain is alive (this unpublished node keeps its group, hence the root
         // and a share); no borrow of it is held here.
