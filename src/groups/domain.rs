@@ -226,15 +226,20 @@ impl<P: CpuProvider, const K: usize> Domain<P, K> {
     /// # Safety
     ///
     /// The domain does not move after this and is not shared yet.
-    pub(crate) unsafe fn bind(&mut self) {
-        let me = ptr::from_mut(self);
-        self.exit_hook.set_data(me.cast_const().cast());
-        let provider = ptr::from_ref(&self.cpus);
-        let hook = ptr::from_ref(&self.exit_hook);
-        // SAFETY: the provider and the hook live in the domain beside the stock, which does
-        // not move from here on; the hook drains the stock's slot (`run_exit_hook`).
-        unsafe { self.stock.bind(provider, hook) };
-        self.orphan.set_owner(NonNull::from(&*self).cast());
+    pub(crate) unsafe fn bind(me: *mut Self) {
+        // SAFETY: the caller's promise: `me` is the domain's final address, unique for now.
+        // Every pointer handed out is derived from `me` itself (not from a reference to a
+        // field), so later references to the domain are its children and cannot
+        // invalidate it.
+        unsafe {
+            (*ptr::addr_of_mut!((*me).exit_hook)).set_data(me.cast_const().cast());
+            let provider = ptr::addr_of!((*me).cpus);
+            let hook = ptr::addr_of!((*me).exit_hook);
+            // The provider and the hook live in the domain beside the stock, which does not
+            // move from here on; the hook drains the stock's slot (`run_exit_hook`).
+            UnitStock::bind(ptr::addr_of_mut!((*me).stock), provider, hook);
+            (*ptr::addr_of!((*me).orphan)).set_owner(NonNull::new_unchecked(me).cast());
+        }
     }
 
     /// Installs the layers above: their state pointers ([`UPPER_ENGINE`], [`UPPER_OBJ`]) and
@@ -242,11 +247,19 @@ impl<P: CpuProvider, const K: usize> Domain<P, K> {
     ///
     /// # Safety
     ///
-    /// Called once, before the domain is shared; everything installed lives as long as the
-    /// domain (in the same allocation) and is of the type its layer reads it as.
-    pub(crate) unsafe fn set_upper(&mut self, upper: [*const (); 2], cache: NonNull<dyn UpperCache<P, K>>) {
-        self.upper = upper;
-        self.upper_cache = Some(cache);
+    /// Called once, before the domain is shared, with the pointer `bind` was given;
+    /// everything installed lives as long as the domain (in the same allocation) and is of
+    /// the type its layer reads it as.
+    pub(crate) unsafe fn set_upper(
+        me: *mut Self,
+        upper: [*const (); 2],
+        cache: NonNull<dyn UpperCache<P, K>>,
+    ) {
+        // SAFETY: the caller's promise; plain stores of values not derived from `me`.
+        unsafe {
+            ptr::addr_of_mut!((*me).upper).write(upper);
+            ptr::addr_of_mut!((*me).upper_cache).write(Some(cache));
+        }
     }
 
     /// The state pointer installed for layer `which` (see [`Domain::set_upper`]).

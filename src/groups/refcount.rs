@@ -178,6 +178,45 @@ impl ShardArena {
     }
 }
 
+/// A [`RefCount`] that owns its arena (unit tests and loom models): frees both when dropped.
+#[cfg(test)]
+pub(crate) struct TestCount {
+    rc: core::mem::ManuallyDrop<RefCount>,
+    slot: Slot,
+    arena: Box<ShardArena>,
+}
+
+#[cfg(test)]
+impl TestCount {
+    /// A count of `initial` references over `classes` shards in an arena of its own; the
+    /// arena is freed with the returned value.
+    pub(crate) fn new(initial: usize, classes: usize) -> Self {
+        let arena = Box::new(ShardArena::new(classes));
+        let slot = arena.alloc().expect("test allocation");
+        // SAFETY: the arena is boxed (its blocks never move) and dropped after the count, in
+        // `drop`; the slot is given back there, when the count is gone.
+        let rc = unsafe { RefCount::new_in(&arena, slot, initial) };
+        Self { rc: core::mem::ManuallyDrop::new(rc), slot, arena }
+    }
+}
+
+#[cfg(test)]
+impl core::ops::Deref for TestCount {
+    type Target = RefCount;
+    fn deref(&self) -> &RefCount {
+        &self.rc
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestCount {
+    fn drop(&mut self) {
+        // SAFETY: dropped once, here; the count is not used afterwards.
+        unsafe { core::mem::ManuallyDrop::drop(&mut self.rc) };
+        self.arena.free(self.slot);
+    }
+}
+
 impl Drop for ShardArena {
     fn drop(&mut self) {
         self.slots.with_mut(|s| {
@@ -219,15 +258,6 @@ impl RefCount {
             central: AtomicUsize::new(BIAS.wrapping_add(initial.wrapping_mul(ONE))),
             killed: AtomicBool::new(false),
         }
-    }
-
-    /// A count of `initial` references over `classes` shards in a leaked arena of its own,
-    /// for unit tests and loom models.
-    #[cfg(test)]
-    pub(crate) fn new(initial: usize, classes: usize) -> Self {
-        let arena: &'static ShardArena = Box::leak(Box::new(ShardArena::new(classes)));
-        // SAFETY: the arena is leaked; the slot is never given back.
-        unsafe { Self::new_in(arena, arena.alloc().expect("test allocation"), initial) }
     }
 
     #[inline(always)]
@@ -431,7 +461,7 @@ impl core::fmt::Debug for RefCount {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::RefCount;
+    use super::TestCount as RefCount;
 
     #[test]
     fn live_gets_and_puts_on_different_shards_balance_at_kill() {

@@ -72,10 +72,12 @@ impl<P: CpuProvider, const K: usize> ObjTree<P, K> {
     /// # Safety
     ///
     /// The domain outlives this state (they share one allocation), which does not move.
-    pub(crate) unsafe fn bind(&mut self, domain: *const Domain<P, K>) {
-        self.domain = domain;
-        // SAFETY: forwarded.
-        unsafe { self.stock.bind(domain) };
+    pub(crate) unsafe fn bind(me: *mut Self, domain: *const Domain<P, K>) {
+        // SAFETY: the caller's promise: `me` is this state's final address, unique for now.
+        unsafe {
+            ptr::addr_of_mut!((*me).domain).write(domain);
+            ObjStock::bind(ptr::addr_of_mut!((*me).stock), domain);
+        }
     }
 
     /// The object layer's state of the tree `domain` belongs to.
@@ -84,6 +86,21 @@ impl<P: CpuProvider, const K: usize> ObjTree<P, K> {
         // SAFETY: the tree installs a pointer to its `ObjTree<P, K>` at `UPPER_OBJ` before
         // the domain is shared, in the same allocation (`Domain::set_upper`).
         unsafe { &*domain.upper(UPPER_OBJ).cast::<Self>() }
+    }
+
+    /// The pointer the object layer's state was wired with, [`ObjTree::of`] as a pointer.
+    #[inline]
+    pub(crate) fn ptr_of(domain: &Domain<P, K>) -> NonNull<Self> {
+        // SAFETY: installed by the tree before sharing (see `of`), never null.
+        unsafe { NonNull::new_unchecked(domain.upper(UPPER_OBJ).cast::<Self>().cast_mut()) }
+    }
+
+    /// The domain as the pointer `bind` was given (the tree's own, with its provenance: the
+    /// last share frees the tree through it), not one derived from a reference.
+    #[inline]
+    pub(crate) fn domain_ptr(&self) -> NonNull<Domain<P, K>> {
+        // SAFETY: set by `bind`, never null.
+        unsafe { NonNull::new_unchecked(self.domain.cast_mut()) }
     }
 
     #[inline(always)]
@@ -158,7 +175,7 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
             group: AtomicPtr::new(group.as_ptr()),
             readers: AtomicUsize::new(0),
             nr_charged_bytes: AtomicUsize::new(0),
-            tree: NonNull::from(ObjTree::of(g.domain())),
+            tree: ObjTree::ptr_of(g.domain()),
             slot,
             prev: UnsafeCell::new(ptr::null_mut()),
             next: UnsafeCell::new(ptr::null_mut()),
@@ -348,7 +365,7 @@ impl<P: CpuProvider, const K: usize> ObjNode<P, K> {
             // SAFETY: ours until published (count zero, not yet on the list).
             let node = unsafe { this.as_ref() };
             (
-                NonNull::from(node.tree().domain()),
+                node.tree().domain_ptr(),
                 // From the node's pointer, not a reference to the field: the free function
                 // gets the whole node back from it (and deallocates through it).
                 // SAFETY: `this` points to a live node.

@@ -78,10 +78,13 @@ impl<P: CpuProvider, const K: usize> ObjStock<P, K> {
     /// # Safety
     ///
     /// The domain outlives the stock, and its exit hook drains this stock's slot.
-    pub(crate) unsafe fn bind(&mut self, domain: *const Domain<P, K>) {
-        self.domain = domain;
-        // SAFETY: forwarded; the provider lives in the domain.
-        unsafe { self.cpus.bind(ptr::from_ref(&(*domain).cpus)) };
+    pub(crate) unsafe fn bind(me: *mut Self, domain: *const Domain<P, K>) {
+        // SAFETY: the caller's promise: `me` is the stock's final address, unique for now;
+        // the provider lives in the domain, and its pointer is derived from `domain` itself.
+        unsafe {
+            ptr::addr_of_mut!((*me).domain).write(domain);
+            PerCpu::bind(ptr::addr_of_mut!((*me).cpus), ptr::addr_of!((*domain).cpus));
+        }
     }
 
     fn hook(&self) -> &SlotHook {

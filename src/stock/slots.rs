@@ -199,8 +199,9 @@ impl<P: CpuProvider, T: Payload> PerCpu<P, T> {
     /// # Safety
     ///
     /// `provider` outlives the array.
-    pub(crate) unsafe fn bind(&mut self, provider: *const P) {
-        self.provider = provider;
+    pub(crate) unsafe fn bind(me: *mut Self, provider: *const P) {
+        // SAFETY: the caller's promise: `me` is the array's final address, unique for now.
+        unsafe { ptr::addr_of_mut!((*me).provider).write(provider) };
     }
 
     /// Whether remote drains use `membarrier` (the owner's fast path has no fence).

@@ -139,10 +139,12 @@ impl<P: CpuProvider, O: StockOwner, const K: usize> UnitStock<P, O, K> {
     ///
     /// Both outlive the stock, and the hook drains this stock's slot of the context that
     /// runs it ([`UnitStock::drain_own`]).
-    pub(crate) unsafe fn bind(&mut self, provider: *const P, hook: *const SlotHook) {
-        // SAFETY: forwarded.
-        unsafe { self.cpus.bind(provider) };
-        self.hook = hook;
+    pub(crate) unsafe fn bind(me: *mut Self, provider: *const P, hook: *const SlotHook) {
+        // SAFETY: forwarded; `me` is the stock's final address, unique for now.
+        unsafe {
+            PerCpu::bind(ptr::addr_of_mut!((*me).cpus), provider);
+            ptr::addr_of_mut!((*me).hook).write(hook);
+        }
     }
 
     /// The batch: the most units an entry caches.

@@ -10,7 +10,7 @@ use loom::thread;
 
 use crate::cpu::TestCpus;
 use crate::group::{GroupId, GroupSpec, Observer, OwnerCell, Tree, TreeConfig};
-use crate::groups::refcount::RefCount;
+use crate::groups::refcount::TestCount;
 
 /// Counts releases and frees of one watched group, and flags its free.
 #[derive(Default)]
@@ -59,7 +59,7 @@ fn tree_with_watch() -> (Tree<TestCpus>, Arc<Watch>) {
 #[test]
 fn refcount_kill_vs_get_put() {
     model(|| {
-        let rc = Arc::new(RefCount::new(2, 2)); // base + one handle
+        let rc = Arc::new(TestCount::new(2, 2)); // base + one handle
         let releases = Arc::new(AtomicUsize::new(0));
         let (rc2, rel2) = (rc.clone(), releases.clone());
         let t = thread::spawn(move || {

@@ -238,7 +238,7 @@ impl<P: CpuProvider, const K: usize> TreeInner<P, K> {
     /// whose last ownership share is gone.
     unsafe fn free(domain: NonNull<Domain<P, K>>) {
         // SAFETY: `repr(C)` puts the domain at offset 0, so its address is the allocation's;
-        // allocated by `Box::leak` in `try_with_config`, freed once, here.
+        // allocated by `try_box` in `try_with_config` and kept as a raw pointer, freed once, here.
         drop(unsafe { Box::from_raw(domain.cast::<Self>().as_ptr()) });
     }
 
@@ -351,33 +351,38 @@ impl<P: CpuProvider, const K: usize> Tree<P, K> {
         let domain =
             Domain::try_new(config.cpus, config.batch, classes, config.observer, TreeInner::<P, K>::free)
                 .map_err(oom)?;
-        let mut inner = try_box(TreeInner { domain, engine, obj }).map_err(oom)?;
-        {
-            let inner = &mut *inner;
-            // SAFETY: the allocation does not move from here on (leaked below, freed as a
-            // whole by `TreeInner::free`), and nothing is shared yet.
-            unsafe { inner.domain.bind() };
-            let domain = ptr::from_ref(&inner.domain);
-            // SAFETY: the domain lives beside the object state in the same allocation.
-            unsafe { inner.obj.bind(domain) };
-            let upper = [ptr::from_ref(&inner.engine).cast::<()>(), ptr::from_ref(&inner.obj).cast::<()>()];
+        let inner = try_box(TreeInner { domain, engine, obj }).map_err(oom)?;
+        // Every pointer the parts keep into this allocation is derived from `raw`, the
+        // allocation's own pointer, never from a reference to a part: a reference taken
+        // later (a handle's `&TreeInner`, a `&mut` during wiring) is then always a child of
+        // what the parts hold, so using it cannot invalidate them (Stacked and Tree Borrows).
+        let raw = Box::into_raw(inner);
+        // SAFETY: `raw` is a fresh, unique allocation that does not move (freed as a whole by
+        // `TreeInner::free`), and nothing is shared yet; the parts named live in it.
+        unsafe {
+            let domain = ptr::addr_of_mut!((*raw).domain);
+            Domain::bind(domain);
+            ObjTree::bind(ptr::addr_of_mut!((*raw).obj), domain);
+            let upper = [ptr::addr_of!((*raw).engine).cast::<()>(), ptr::addr_of!((*raw).obj).cast::<()>()];
             debug_assert_eq!((UPPER_ENGINE, UPPER_OBJ), (0, 1));
-            let cache: NonNull<dyn UpperCache<P, K>> = NonNull::from(&inner.obj.stock);
-            // SAFETY: once, before sharing; both live in this allocation and are of the types
-            // the engine and the object layer read them as.
-            unsafe { inner.domain.set_upper(upper, cache) };
+            let cache: NonNull<dyn UpperCache<P, K>> =
+                NonNull::new_unchecked(ptr::addr_of_mut!((*raw).obj.stock));
+            Domain::set_upper(domain, upper, cache);
         }
-        let inner = NonNull::from(Box::leak(inner));
+        // SAFETY: from `Box::into_raw`.
+        let inner = unsafe { NonNull::new_unchecked(raw) };
         // SAFETY: just allocated.
         let tree = unsafe { inner.as_ref() };
-        let domain = NonNull::from(&tree.domain);
+        // `repr(C)`: the domain's address is the allocation's, with its provenance (freeing the
+        // tree goes through this pointer, `TreeInner::free`).
+        let domain = inner.cast::<Domain<P, K>>();
         let id = tree.domain.next_id();
         // SAFETY: the domain outlives the root (the root owns a share of it); no parent.
         let root = match unsafe { Node::alloc(domain, None, id, &config.root, 1) } {
             Ok(root) => root,
             Err(e) => {
-                // SAFETY: allocated above with `Box::leak`, never shared.
-                drop(unsafe { Box::from_raw(inner.as_ptr()) });
+                // SAFETY: allocated above by `try_box`, never shared.
+                drop(unsafe { Box::from_raw(raw) });
                 return Err(e);
             }
         };
@@ -613,7 +618,9 @@ impl<P: CpuProvider, const K: usize> Drop for Tree<P, K> {
             // freed is left to the next reclamation point (see `orphans.rs`).
             domain.list_as_orphan();
         }
-        let domain = NonNull::from(domain);
+        // The allocation's own pointer (the domain is at offset 0), not one derived from the
+        // reference above: the last share frees the tree through it.
+        let domain = self.inner.cast::<Domain<P, K>>();
         // SAFETY: the handle's share, given up; `self` is not used after this.
         unsafe { Domain::release_owner(domain) };
         reclaim_orphans();
