@@ -2,6 +2,11 @@
 //! across impersonated CPUs, against a model of what the caller's objects hold: after every
 //! step each group's usage equals the objects' charges plus the cached units of its subtree.
 //!
+//! The model is the crate's own [`TreeModel`] (`chargetree::model`, behind the `model`
+//! feature, which the dev-dependency of the package on itself turns on for every test target
+//! in the repository; the packaged crate's `cargo test` builds this file empty): topology,
+//! lifecycle, the units the objects hold, forced charges, limit writes and reference bounds.
+//!
 //! Black-box tests of the charge engine and the per-CPU stock (Linux's `try_charge_memcg()`
 //! and `memcg_stock_pcp` as `src/engine/` and `src/stock/units.rs` implement them), through
 //! the public API only, in chapters: `engine_charge_path.rs` (the charge path),
@@ -21,6 +26,9 @@
 //! crossbeam-epoch needs both).
 //!
 //! [`Observer`]: chargetree::group::Observer
+//! [`TreeModel`]: chargetree::model::TreeModel
+
+#![cfg(feature = "model")]
 
 mod support;
 
@@ -31,7 +39,8 @@ use std::sync::{Arc, Mutex};
 
 use chargetree::counter::LimitError;
 use chargetree::cpu::TestCpus;
-use chargetree::group::{ChargeFailure, Group, GroupError, GroupSpec, Tree, TreeConfig};
+use chargetree::group::{ChargeFailure, Group, GroupId, GroupSpec, Tree, TreeConfig};
+use chargetree::model::TreeModel;
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -84,37 +93,14 @@ fn case() -> impl Strategy<Value = Case> {
     })
 }
 
-/// What the caller's objects hold per group, shared with the reclaimer (which frees objects
-/// of the over-limit group's subtree, like a cache shrinker would).
+/// The model, shared with the reclaimer (which frees objects of the over-limit group's
+/// subtree, like a cache shrinker would): the tree with what the caller's objects hold per
+/// group (`TreeModel::held`), and the caller's handles.
 #[derive(Default)]
 struct Objects {
-    held: Vec<usize>,
+    model: TreeModel,
     handles: Vec<PGroup>,
     reclaims: usize,
-}
-
-struct Model {
-    parents: Vec<Option<usize>>,
-    online: Vec<bool>,
-    forced: usize,
-    forced_any: bool,
-}
-
-impl Model {
-    fn subtree(&self, i: usize) -> Vec<usize> {
-        (0..self.parents.len()).filter(|&j| self.is_under(j, i)).collect()
-    }
-    fn is_under(&self, mut j: usize, i: usize) -> bool {
-        loop {
-            if j == i {
-                return true;
-            }
-            match self.parents[j] {
-                Some(p) => j = p,
-                None => return false,
-            }
-        }
-    }
 }
 
 fn cached_of(gs: &[PGroup], nodes: &[usize]) -> usize {
@@ -124,30 +110,31 @@ fn cached_of(gs: &[PGroup], nodes: &[usize]) -> usize {
 fn check_invariants(
     tree: &Tree<TestCpus, PK>,
     gs: &[PGroup],
-    model: &Model,
     objects: &Mutex<Objects>,
     batch: usize,
 ) -> Result<(), TestCaseError> {
-    let held = objects.lock().unwrap().held.clone();
+    let model = objects.lock().unwrap().model.clone();
+    prop_assert_eq!(model.created(), gs.len());
     for i in 0..gs.len() {
         let sub = model.subtree(i);
-        let objs: usize = sub.iter().map(|&j| held[j]).sum();
         let usage = gs[i].counter().usage();
-        prop_assert_eq!(usage, objs + cached_of(gs, &sub), "S1 / I1 at group {}", i);
+        prop_assert_eq!(usage, model.held_in(i) + cached_of(gs, &sub), "S1 / I1 at group {}", i);
         let cached = gs[i].cached_units();
         prop_assert!(cached <= batch * PCPUS, "S3 at group {}: {} cached, batch {}", i, cached, batch);
-        if !model.forced_any {
+        if model.forced == 0 {
             prop_assert!(usage <= gs[i].counter().max(), "I2 at group {}", i);
         }
+        prop_assert_eq!(gs[i].is_online(), model.online[i], "group {} online", i);
         // References: our handle and the reclaimer's, the base while online, one per child
         // (children are held, so never freed), plus at most one per CPU whose stock caches
         // the group.
-        let children = (0..gs.len()).filter(|&j| model.parents[j] == Some(i)).count();
-        let least = 2 + usize::from(model.online[i]) + children;
+        let bounds = model.ref_bounds(i, 2, PCPUS, |_| true);
         let refs = gs[i].ref_count();
-        prop_assert!((least..=least + PCPUS).contains(&refs), "refs of {}: {} vs {}", i, refs, least);
+        prop_assert!(bounds.contains(&refs), "refs of {}: {} not in {:?}", i, refs, bounds);
     }
-    prop_assert_eq!(tree.stats().forced, model.forced);
+    let stats = tree.stats();
+    prop_assert_eq!(stats.forced, model.forced);
+    prop_assert_eq!((stats.created, stats.offlined), (model.created(), model.offlined));
     Ok(())
 }
 
@@ -193,9 +180,9 @@ fn run_case((parents, maxes, batch, reclaim, ops): Case) -> Result<(), TestCaseE
                     break;
                 }
                 if o.handles[j].is_descendant_of(over) {
-                    let k = o.held[j].min(amount - freed);
+                    let k = o.model.held[j].min(amount - freed);
                     o.handles[j].uncharge(k);
-                    o.held[j] -= k;
+                    o.model.uncharged(j, k);
                     freed += k;
                 }
             }
@@ -204,21 +191,20 @@ fn run_case((parents, maxes, batch, reclaim, ops): Case) -> Result<(), TestCaseE
     }
     let tree = Tree::with_config(config);
     let mut gs: Vec<PGroup> = vec![tree.root()];
-    let mut model = Model { parents: vec![None], online: vec![true], forced: 0, forced_any: false };
+    let mut model = TreeModel::new();
     for &p in &parents {
         let g = gs[p].create_child(GroupSpec::new()).unwrap();
+        prop_assert_eq!(Ok(g.id()), model.create_child(p, &[]).map(GroupId::from_index));
         gs.push(g);
-        model.parents.push(Some(p));
-        model.online.push(true);
     }
-    for (g, max) in gs.iter().zip(&maxes) {
+    for (i, (g, max)) in gs.iter().zip(&maxes).enumerate() {
         if let Some(max) = *max {
-            g.set_max(max).unwrap();
+            prop_assert_eq!(g.set_max(max), model.set_max(i, max).map(drop));
         }
     }
     {
         let mut o = objects.lock().unwrap();
-        o.held = vec![0; gs.len()];
+        o.model = model;
         o.handles = gs.clone();
     }
 
@@ -229,12 +215,13 @@ fn run_case((parents, maxes, batch, reclaim, ops): Case) -> Result<(), TestCaseE
                 let r = on(cpu, || gs[g].charge_with(n, options));
                 match r {
                     Ok(c) => {
-                        objects.lock().unwrap().held[g] += n;
+                        let mut o = objects.lock().unwrap();
+                        o.model.charged(g, n);
                         if c.forced {
                             prop_assert!(options.no_fail, "forced without no_fail");
-                            model.forced += 1;
-                            model.forced_any = true;
+                            o.model.forced_charge();
                         }
+                        drop(o);
                         if let Some(o) = c.over_high {
                             prop_assert!(o.usage > o.high);
                         }
@@ -243,7 +230,8 @@ fn run_case((parents, maxes, batch, reclaim, ops): Case) -> Result<(), TestCaseE
                         prop_assert!(!options.no_fail, "a no-fail charge failed");
                         prop_assert_eq!(requested, n);
                         let over = (0..gs.len()).find(|&i| gs[i].id() == group).expect("a group of the tree");
-                        prop_assert!(model.is_under(g, over), "{} is not an ancestor of {}", over, g);
+                        let under = objects.lock().unwrap().model.is_under(g, over);
+                        prop_assert!(under, "{} is not an ancestor of {}", over, g);
                         prop_assert_eq!(max, gs[over].counter().max());
                         prop_assert_eq!(usage, gs[over].counter().usage());
                         prop_assert!(usage + n > max, "failed although {} + {} <= {}", usage, n, max);
@@ -252,62 +240,59 @@ fn run_case((parents, maxes, batch, reclaim, ops): Case) -> Result<(), TestCaseE
                 }
             }
             Op::Uncharge { g, cpu, n } => {
-                let n = n.min(objects.lock().unwrap().held[g]);
+                let n = n.min(objects.lock().unwrap().model.held[g]);
                 on(cpu, || gs[g].uncharge(n));
-                objects.lock().unwrap().held[g] -= n;
+                objects.lock().unwrap().model.uncharged(g, n);
             }
             Op::DrainLocal { cpu } => drain_local_checked(&tree, &gs, cpu, batch)?,
             Op::DrainAll { g, cpu } => {
-                let sub = model.subtree(g);
+                let sub = objects.lock().unwrap().model.subtree(g);
                 let others: Vec<usize> = (0..gs.len()).filter(|j| !sub.contains(j)).collect();
                 let (want, kept) = (cached_of(&gs, &sub), cached_of(&gs, &others));
                 prop_assert_eq!(on(cpu, || tree.drain_all(&gs[g])), Some(want));
                 prop_assert_eq!((cached_of(&gs, &sub), cached_of(&gs, &others)), (0, kept));
             }
             Op::SetMax { g, v } => {
-                let sub = model.subtree(g);
-                let held: usize = {
+                // The model's answer before the write: the objects' units in the subtree
+                // (the write drains the stocks before it gives up, so cached units never
+                // make it busy).
+                let (sub, held, want) = {
                     let o = objects.lock().unwrap();
-                    sub.iter().map(|&j| o.held[j]).sum()
+                    (o.model.subtree(g), o.model.held_in(g), o.model.set_max(g, v))
                 };
                 let r = gs[g].set_max(v);
-                if held <= v {
-                    prop_assert_eq!(r, Ok(()), "objects hold {}", held);
-                    prop_assert_eq!(gs[g].counter().max(), v);
-                } else {
-                    prop_assert_eq!(r, Err(LimitError::Busy { usage: held, limit: v }));
-                    prop_assert_eq!(cached_of(&gs, &sub), 0, "the refused write drained the subtree");
+                prop_assert_eq!(r, want.map(drop), "objects hold {}", held);
+                match want {
+                    Ok(limit) => prop_assert_eq!(gs[g].counter().max(), limit),
+                    Err(e) => {
+                        prop_assert!(matches!(e, LimitError::Busy { .. }), "refused with {:?}", e);
+                        prop_assert_eq!(cached_of(&gs, &sub), 0, "the refused write drained the subtree");
+                    }
                 }
             }
             Op::Offline { g } => {
-                let online_children =
-                    (0..gs.len()).filter(|&j| model.parents[j] == Some(g) && model.online[j]).count();
+                let want = objects.lock().unwrap().model.offline(g);
                 let r = gs[g].offline();
-                if g == 0 {
-                    prop_assert_eq!(r, Err(GroupError::Root));
-                } else if !model.online[g] {
-                    prop_assert_eq!(r, Err(GroupError::Offline));
-                } else if online_children > 0 {
-                    prop_assert_eq!(r, Err(GroupError::HasOnlineChildren { online_children }));
-                } else {
-                    prop_assert_eq!(r, Ok(()));
-                    model.online[g] = false;
+                prop_assert_eq!(r, want, "offline({})", g);
+                if r.is_ok() {
                     prop_assert_eq!(gs[g].cached_units(), 0, "offline drains the group's entries");
                 }
             }
         }
-        check_invariants(&tree, &gs, &model, &objects, batch)?;
+        check_invariants(&tree, &gs, &objects, batch)?;
     }
 
     // Per-CPU bound on every CPU, then everything back.
     for cpu in 0..=PCPUS {
         drain_local_checked(&tree, &gs, cpu, batch)?;
     }
-    let held = core::mem::take(&mut objects.lock().unwrap().held);
-    for (g, n) in gs.iter().zip(held) {
+    let held = objects.lock().unwrap().model.held.clone();
+    for (i, (g, n)) in gs.iter().zip(held).enumerate() {
         prop_assert_eq!(g.cached_units(), 0);
         g.uncharge(n);
+        objects.lock().unwrap().model.uncharged(i, n);
     }
+    check_invariants(&tree, &gs, &objects, batch)?;
     for g in &gs {
         prop_assert_eq!(g.counter().usage(), 0, "group {} balances", g.id());
     }

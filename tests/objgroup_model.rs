@@ -4,6 +4,12 @@
 //! `ObjGroup`'s cached and parked bytes match the model, O1 holds, and each group's usage is
 //! what the model's units say (so `usage × unit` ≥ its live bytes).
 //!
+//! The model is the crate's own (`chargetree::model`, behind the `model` feature, which the
+//! dev-dependency of the package on itself turns on for every test target in the repository;
+//! the packaged crate's `cargo test` runs section 2 only): [`TreeModel`] for the topology
+//! and the lifecycle, [`ObjModel`] in its exact mode for the `ObjGroup`s, their units, parked
+//! and live bytes, reparenting and the per-CPU object stocks byte by byte.
+//!
 //! Black-box tests of byte-granular object charging and reparenting (Linux's `obj_cgroup` as
 //! `src/obj/mod.rs` and the object stock in `src/obj/stock.rs` implement them), through the
 //! public API only, in chapters: `objgroup_scenarios.rs` (the scenarios),
@@ -25,6 +31,8 @@
 //! `MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-permissive-provenance"` (see `ci/miri.sh`).
 //!
 //! [`Observer`]: chargetree::group::Observer
+//! [`TreeModel`]: chargetree::model::TreeModel
+//! [`ObjModel`]: chargetree::model::ObjModel
 
 mod support;
 
@@ -35,8 +43,14 @@ use support::*;
 use std::sync::Arc;
 
 use chargetree::cpu::TestCpus;
-use chargetree::group::{Group, GroupError, GroupSpec, Tree, TreeConfig};
+use chargetree::group::{Group, Tree, TreeConfig};
 use chargetree::objgroup::ObjGroup;
+// Section 3 only (the property test): the models are behind the `model` feature (file docs).
+#[cfg(feature = "model")]
+use chargetree::group::{GroupId, GroupSpec};
+#[cfg(feature = "model")]
+use chargetree::model::{ObjModel, TreeModel};
+#[cfg(feature = "model")]
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -101,13 +115,17 @@ fn o1_holds_at_quiescence_after_random_sequences() {
 // ---------------------------------------------------------------------------------------------
 
 /// Stock entries per CPU for the unit stock (small, so that eviction happens).
+#[cfg(feature = "model")]
 const PK: usize = 2;
 
+#[cfg(feature = "model")]
 type PGroup = Group<TestCpus, PK>;
 
+#[cfg(feature = "model")]
 type PObj = ObjGroup<TestCpus, PK>;
 
 #[derive(Clone, Debug)]
+#[cfg(feature = "model")]
 enum POp {
     /// Charges an object of `size` bytes through `g.obj_group()`.
     Charge {
@@ -134,8 +152,10 @@ enum POp {
 }
 
 /// CPU indices the operations name: `0..3`, of which those `>= cpus` are "no CPU".
+#[cfg(feature = "model")]
 const POP_CPUS: usize = 4;
 
+#[cfg(feature = "model")]
 fn pop(nodes: usize, unit: usize) -> impl Strategy<Value = POp> {
     let g = 0..nodes;
     let cpu = 0..POP_CPUS;
@@ -151,8 +171,10 @@ fn pop(nodes: usize, unit: usize) -> impl Strategy<Value = POp> {
 
 /// A case: parents (node i + 1's parent is among 0..=i), CPUs (2 or 3), bytes per unit, the
 /// unit-stock batch, and the operations.
+#[cfg(feature = "model")]
 type PCase = (Vec<usize>, usize, usize, usize, Vec<POp>);
 
+#[cfg(feature = "model")]
 fn pcase() -> impl Strategy<Value = PCase> {
     let ops = if cfg!(miri) { 1..12 } else { 1..80 };
     (1usize..6, prop_oneof![Just(16usize), Just(100)]).prop_flat_map(move |(len, unit)| {
@@ -167,166 +189,63 @@ fn pcase() -> impl Strategy<Value = PCase> {
     })
 }
 
-/// One `ObjGroup` as the model sees it.
-struct MObj {
-    handle: PObj,
-    /// The group it was created for.
-    home: usize,
-    /// The group it charges now.
-    owner: usize,
-    /// Units charged through it and not yet returned.
-    units: usize,
-    /// Bytes parked in it.
-    parked: usize,
-}
-
-/// A live object: charged through `objs[obj]` while that charged `charged_to`.
-struct MLive {
+/// A live object of the caller: `size` bytes charged through `ObjModel::objgroups[obj]`
+/// while that charged group `charged_to`, holding a handle of it as real objects hold a
+/// reference.
+#[cfg(feature = "model")]
+struct Live {
     obj: usize,
     size: usize,
     charged_to: usize,
     handle: PObj,
 }
 
-/// The byte-level model: §4.4–§4.6 as the library implements them (Linux's rules, except
-/// that parked bytes forming a whole unit are returned at once).
+/// The crate's models of the tree and of its object layer (exact mode: every byte charge
+/// succeeds, there are no limits), the caller's handle of each `ObjGroup` of `obj` (same
+/// index) and the caller's live objects.
+#[cfg(feature = "model")]
 struct PModel {
-    unit: usize,
-    cpus: usize,
-    parents: Vec<Option<usize>>,
-    online: Vec<bool>,
-    /// Each group's own active `ObjGroup` (an index into `objs`).
-    own: Vec<Option<usize>>,
-    objs: Vec<MObj>,
-    /// Per CPU: the cached `ObjGroup` and its bytes.
-    stocks: Vec<Option<(usize, usize)>>,
-    /// Per group: units charged to it minus units uncharged from it (by whoever owned the
-    /// `ObjGroup` at that moment); negative on a parent that took a dead child's uncharges.
-    local: Vec<i64>,
-    live: Vec<MLive>,
+    tree: TreeModel,
+    obj: ObjModel,
+    handles: Vec<PObj>,
+    live: Vec<Live>,
 }
 
-impl PModel {
-    fn slot(&self, cpu: usize) -> Option<usize> {
-        (cpu < self.cpus).then_some(cpu)
-    }
-
-    fn is_under(&self, mut j: usize, i: usize) -> bool {
-        loop {
-            if j == i {
-                return true;
-            }
-            match self.parents[j] {
-                Some(p) => j = p,
-                None => return false,
-            }
-        }
-    }
-
-    fn subtree(&self, i: usize) -> Vec<usize> {
-        (0..self.parents.len()).filter(|&j| self.is_under(j, i)).collect()
-    }
-
-    fn add_units(&mut self, o: usize, n: usize) {
-        self.objs[o].units += n;
-        self.local[self.objs[o].owner] += n as i64;
-    }
-
-    fn sub_units(&mut self, o: usize, n: usize) {
-        assert!(self.objs[o].units >= n, "model: ObjGroup {o} returns more units than it charged");
-        self.objs[o].units -= n;
-        self.local[self.objs[o].owner] -= n as i64;
-    }
-
-    /// `ObjNode::flush_bytes`.
-    fn flush(&mut self, o: usize, bytes: usize) {
-        let unit = self.unit;
-        let mut units = bytes / unit;
-        let m = &mut self.objs[o];
-        m.parked += bytes % unit;
-        units += m.parked / unit;
-        m.parked %= unit;
-        self.sub_units(o, units);
-    }
-
-    /// `Stocks::refill_obj`.
-    fn refill(&mut self, cpu: Option<usize>, o: usize, bytes: usize, allow_uncharge: bool) {
-        let Some(c) = cpu else { return self.flush(o, bytes) };
-        let (have, old, allow) = match self.stocks[c] {
-            Some((x, b)) if x == o => (b, None, allow_uncharge),
-            old => (core::mem::take(&mut self.objs[o].parked), old, true),
-        };
-        let total = have + bytes;
-        let (keep, out) =
-            if allow && total > self.unit { (total % self.unit, total / self.unit) } else { (total, 0) };
-        self.stocks[c] = Some((o, keep));
-        if let Some((x, b)) = old {
-            self.flush(x, b);
-        }
-        self.sub_units(o, out);
-    }
-
-    /// `ObjGroup::charge_bytes`.
-    fn charge(&mut self, cpu: Option<usize>, o: usize, size: usize) {
-        if let Some(c) = cpu {
-            if let Some((x, b)) = self.stocks[c] {
-                if x == o && b >= size {
-                    self.stocks[c] = Some((o, b - size));
-                    return;
-                }
-            }
-        }
-        let units = size.div_ceil(self.unit);
-        self.add_units(o, units);
-        let rem = units * self.unit - size;
-        if rem > 0 {
-            self.refill(cpu, o, rem, false);
-        }
-    }
-
-    fn drain_cpu(&mut self, c: usize) {
-        if let Some((x, b)) = self.stocks[c].take() {
-            self.flush(x, b);
-        }
-    }
-
-    /// The group whose own `ObjGroup` `g.obj_group()` hands out.
-    fn lookup(&self, mut g: usize) -> usize {
-        while !self.online[g] {
-            g = self.parents[g].expect("the root stays online");
-        }
-        g
-    }
-}
-
+#[cfg(feature = "model")]
 fn check_model(tree: &Tree<TestCpus, PK>, gs: &[PGroup], m: &PModel) -> Result<(), TestCaseError> {
-    let unit = m.unit;
-    for (i, o) in m.objs.iter().enumerate() {
-        let cached: usize = m.stocks.iter().flatten().filter(|s| s.0 == i).map(|s| s.1).sum();
+    let unit = m.obj.unit;
+    prop_assert_eq!(m.handles.len(), m.obj.objgroups.len());
+    for (i, (o, handle)) in m.obj.objgroups.iter().zip(&m.handles).enumerate() {
+        let cached = m.obj.cached(i);
         let live: usize = m.live.iter().filter(|l| l.obj == i).map(|l| l.size).sum();
-        prop_assert_eq!(o.handle.cached_bytes(), cached, "cached bytes of ObjGroup {}", i);
-        prop_assert_eq!(o.handle.parked_bytes(), o.parked, "parked bytes of ObjGroup {}", i);
+        prop_assert_eq!(o.live, live as u128, "live bytes of ObjGroup {}", i);
+        prop_assert_eq!(handle.cached_bytes(), cached, "cached bytes of ObjGroup {}", i);
+        prop_assert_eq!(handle.parked_bytes(), o.parked, "parked bytes of ObjGroup {}", i);
         prop_assert!(o.parked < unit, "ObjGroup {} parks a whole unit", i);
-        prop_assert!(o.handle.group().ptr_eq(&gs[o.owner]), "ObjGroup {} charges group {}", i, o.owner);
+        prop_assert!(handle.group().ptr_eq(&gs[o.owner]), "ObjGroup {} charges group {}", i, o.owner);
         // O1 (the model's units are checked against the counters below).
         prop_assert_eq!(o.units * unit, live + cached + o.parked, "O1 of ObjGroup {}", i);
     }
     for (i, g) in gs.iter().enumerate() {
-        let sub = m.subtree(i);
-        let expected: i64 = sub.iter().map(|&j| m.local[j] + gs[j].cached_units() as i64).sum();
+        let sub = m.tree.subtree(i);
+        let stocked: i128 = sub.iter().map(|&j| gs[j].cached_units() as i128).sum();
+        let expected = m.tree.held_in(i) as i128 + m.obj.charged_in(&m.tree, i) + stocked;
         let usage = g.counter().usage();
-        prop_assert_eq!(usage as i64, expected, "usage of group {}", i);
+        prop_assert_eq!(usage as i128, expected, "usage of group {}", i);
         let live: usize = m.live.iter().filter(|l| sub.contains(&l.charged_to)).map(|l| l.size).sum();
         prop_assert!(usage * unit >= live, "group {}: {} units for {} live bytes", i, usage, live);
         prop_assert_eq!(g.counter().underflows(), 0, "group {} never clamps", i);
+        prop_assert_eq!(g.is_online(), m.tree.online[i], "group {} online", i);
     }
     let stats = tree.stats();
-    prop_assert_eq!(stats.objgroups_created, m.objs.len());
+    prop_assert_eq!(stats.objgroups_created, m.obj.objgroups.len());
     prop_assert_eq!((stats.objgroups_freed, stats.stray_bytes), (0, 0));
+    prop_assert_eq!((stats.created, stats.offlined), (m.tree.created(), m.tree.offlined));
     Ok(())
 }
 
 #[allow(clippy::too_many_lines)]
+#[cfg(feature = "model")]
 fn run_pcase((parents, cpus, unit, batch, ops): PCase) -> Result<(), TestCaseError> {
     let log = Arc::new(Log::default());
     let tree = Tree::with_config(
@@ -336,89 +255,61 @@ fn run_pcase((parents, cpus, unit, batch, ops): PCase) -> Result<(), TestCaseErr
             .observer(Obs(log.clone())),
     );
     let mut gs: Vec<PGroup> = vec![tree.root()];
-    for &p in &parents {
-        gs.push(gs[p].create_child(GroupSpec::new()).unwrap());
-    }
-    let n = gs.len();
     let mut m = PModel {
-        unit,
-        cpus,
-        parents: core::iter::once(None).chain(parents.iter().map(|&p| Some(p))).collect(),
-        online: vec![true; n],
-        own: vec![None; n],
-        objs: Vec::new(),
-        stocks: vec![None; cpus],
-        local: vec![0; n],
+        tree: TreeModel::new(),
+        obj: ObjModel::new(unit, cpus),
+        handles: Vec::new(),
         live: Vec::new(),
     };
-    let mut removed = Vec::new();
+    for &p in &parents {
+        let g = gs[p].create_child(GroupSpec::new()).unwrap();
+        prop_assert_eq!(Ok(g.id()), m.tree.create_child(p, &[]).map(GroupId::from_index));
+        gs.push(g);
+    }
 
     for op in &ops {
         match *op {
             POp::Charge { g, cpu, size } => {
                 let handle = gs[g].obj_group().unwrap();
-                let home = m.lookup(g);
-                let o = match m.own[home] {
-                    Some(o) => {
-                        prop_assert!(handle.ptr_eq(&m.objs[o].handle), "group {}'s ObjGroup", g);
-                        o
-                    }
-                    None => {
-                        prop_assert!(!m.objs.iter().any(|x| x.handle.ptr_eq(&handle)), "a new ObjGroup");
-                        m.objs.push(MObj { handle: handle.clone(), home, owner: home, units: 0, parked: 0 });
-                        m.own[home] = Some(m.objs.len() - 1);
-                        m.objs.len() - 1
-                    }
-                };
+                let home = m.tree.obj_group_owner(g);
+                let (o, created) = m.obj.obj_group(&m.tree, g);
+                prop_assert_eq!((m.obj.objgroups[o].home, m.obj.objgroups[o].owner), (home, home));
+                if created {
+                    prop_assert!(!m.handles.iter().any(|x| x.ptr_eq(&handle)), "a new ObjGroup");
+                    prop_assert_eq!(o, m.handles.len());
+                    m.handles.push(handle.clone());
+                } else {
+                    prop_assert!(handle.ptr_eq(&m.handles[o]), "group {}'s ObjGroup", g);
+                }
                 prop_assert!(handle.group().ptr_eq(&gs[home]));
                 let r = on(cpu, || handle.charge_bytes(size));
                 prop_assert!(r.is_ok(), "charge {} bytes: {:?}", size, r);
-                m.charge(m.slot(cpu), o, size);
-                m.live.push(MLive { obj: o, size, charged_to: home, handle });
+                m.obj.charge(m.obj.slot(cpu), o, size);
+                m.live.push(Live { obj: o, size, charged_to: home, handle });
             }
             POp::Uncharge { pick, cpu } => {
                 if !m.live.is_empty() {
                     let l = m.live.swap_remove(pick % m.live.len());
                     on(cpu, || l.handle.uncharge_bytes(l.size));
-                    m.refill(m.slot(cpu), l.obj, l.size, true);
+                    m.obj.uncharge(m.obj.slot(cpu), l.obj, l.size);
                 }
             }
             POp::DrainLocal { cpu } => {
                 on(cpu, || tree.drain_local());
-                if let Some(c) = m.slot(cpu) {
-                    m.drain_cpu(c);
+                if let Some(c) = m.obj.slot(cpu) {
+                    m.obj.drain_cpu(c);
                 }
             }
             POp::DrainAll { g, cpu } => {
                 prop_assert!(on(cpu, || tree.drain_all(&gs[g])).is_some());
-                for c in 0..cpus {
-                    if let Some((x, _)) = m.stocks[c] {
-                        if m.is_under(m.objs[x].owner, g) {
-                            m.drain_cpu(c);
-                        }
-                    }
-                }
+                m.obj.drain_subtree(&m.tree, g);
             }
             POp::Offline { g } => {
-                let online_children = (0..n).filter(|&j| m.parents[j] == Some(g) && m.online[j]).count();
+                let want = m.tree.offline(g);
                 let r = gs[g].offline();
-                if g == 0 {
-                    prop_assert_eq!(r, Err(GroupError::Root));
-                } else if !m.online[g] {
-                    prop_assert_eq!(r, Err(GroupError::Offline));
-                } else if online_children > 0 {
-                    prop_assert_eq!(r, Err(GroupError::HasOnlineChildren { online_children }));
-                } else {
-                    prop_assert_eq!(r, Ok(()));
-                    let parent = m.parents[g].unwrap();
-                    m.online[g] = false;
-                    m.own[g] = None;
-                    for o in &mut m.objs {
-                        if o.owner == g {
-                            o.owner = parent;
-                        }
-                    }
-                    removed.push(g);
+                prop_assert_eq!(r, want, "offline({})", g);
+                if r.is_ok() {
+                    m.obj.reparent(&m.tree, g);
                 }
             }
         }
@@ -430,22 +321,23 @@ fn run_pcase((parents, cpus, unit, batch, ops): PCase) -> Result<(), TestCaseErr
     for (k, l) in live.into_iter().enumerate() {
         let cpu = k % (cpus + 1);
         on(cpu, || l.handle.uncharge_bytes(l.size));
-        m.refill(m.slot(cpu), l.obj, l.size, true);
+        m.obj.uncharge(m.obj.slot(cpu), l.obj, l.size);
     }
     check_model(&tree, &gs, &m)?;
     for cpu in 0..cpus {
         on(cpu, || tree.drain_local());
-        m.drain_cpu(cpu);
+        m.obj.drain_cpu(cpu);
     }
     prop_assert!(tree.drain_all(&gs[0]).is_some());
+    m.obj.drain_subtree(&m.tree, 0);
     check_model(&tree, &gs, &m)?;
-    for (i, o) in m.objs.iter().enumerate() {
-        prop_assert_eq!((o.units, o.parked), (0, 0), "ObjGroup {} holds nothing", i);
+    for (i, o) in m.obj.objgroups.iter().enumerate() {
+        prop_assert_eq!((o.units, o.parked, o.live), (0, 0, 0), "ObjGroup {} holds nothing", i);
     }
     for (i, g) in gs.iter().enumerate() {
         prop_assert_eq!(g.cached_units(), 0);
-        if m.online[i] {
-            let why = if removed.iter().any(|&r| m.is_under(r, i)) {
+        if m.tree.online[i] {
+            let why = if (0..gs.len()).any(|r| !m.tree.online[r] && m.tree.is_under(r, i)) {
                 "an ancestor of a removed group"
             } else {
                 "online"
@@ -453,15 +345,15 @@ fn run_pcase((parents, cpus, unit, batch, ops): PCase) -> Result<(), TestCaseErr
             prop_assert_eq!(g.counter().usage(), 0, "group {} ({}) is back at zero", i, why);
         } else {
             // O3: the residue is what was charged under it and uncharged from its parent.
-            let residue: i64 = m.subtree(i).iter().map(|&j| m.local[j]).sum();
+            let residue = m.obj.charged_in(&m.tree, i);
             prop_assert!(residue >= 0);
-            prop_assert_eq!(g.counter().usage() as i64, residue, "residue of removed group {}", i);
+            prop_assert_eq!(g.counter().usage() as i128, residue, "residue of removed group {}", i);
         }
     }
 
     // Released: every ObjGroup whose home went offline, once its handles are gone.
-    let dead = m.objs.iter().filter(|o| !m.online[o.home]).count();
-    m.objs.clear();
+    let dead = m.obj.objgroups.iter().filter(|o| !m.tree.online[o.home]).count();
+    m.handles.clear();
     tree.reclaim();
     let stats = tree.stats();
     prop_assert_eq!((stats.objgroups_freed, stats.stray_bytes), (dead, 0));
@@ -474,10 +366,12 @@ fn run_pcase((parents, cpus, unit, batch, ops): PCase) -> Result<(), TestCaseErr
     Ok(())
 }
 
+#[cfg(feature = "model")]
 fn cases() -> u32 {
     if cfg!(miri) { 4 } else { 256 }
 }
 
+#[cfg(feature = "model")]
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
