@@ -103,7 +103,7 @@ impl<'p> Counter<'p> {
     pub(crate) fn count_failure(&self) {
         if self.tracks_failcnt() {
             // ORDERING: Relaxed; statistic.
-            self.track.failcnt.fetch_add(1, Ordering::Relaxed);
+            self.hot.failcnt.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -211,7 +211,7 @@ impl<'p> Counter<'p> {
     fn refused<'c, const COUNT: bool>(&self, found: (&'c Counter<'p>, usize)) -> (&'c Counter<'p>, usize) {
         if COUNT && found.0.tracks_failcnt() {
             // ORDERING: Relaxed; statistic.
-            found.0.track.failcnt.fetch_add(1, Ordering::Relaxed);
+            found.0.hot.failcnt.fetch_add(1, Ordering::Relaxed);
         }
         found
     }
@@ -222,7 +222,7 @@ impl<'p> Counter<'p> {
     fn lowest_refusing<const FORCE: bool>(&self, n: usize, levels: usize) -> Option<(&Counter<'p>, usize)> {
         self.ancestors_and_self().take(levels).enumerate().find_map(|(level, c)| {
             // ORDERING: Relaxed; a hint, the commit pass is what enforces the limits.
-            let usage = clamp_nonneg(c.usage.load(Ordering::Relaxed));
+            let usage = clamp_nonneg(c.hot.usage.load(Ordering::Relaxed));
             let limit = if FORCE { COUNTER_MAX } else { c.conf.max.load(Ordering::Relaxed) };
             // No overflow: usage <= isize::MAX and n <= COUNTER_MAX <= isize::MAX.
             (usage + n > limit).then_some((c, level))
@@ -329,7 +329,7 @@ impl<'p> Counter<'p> {
         // ordered before the load of `max` below, and pairs with the SeqCst swap of `max`
         // and re-read of `usage` in `set_max`. It is also the charger's half of the peak
         // reset's store-buffering pair (`raise_peaks`, `reset_peak`).
-        let new = self.usage.fetch_add(delta, Ordering::SeqCst).wrapping_add(delta);
+        let new = self.hot.usage.fetch_add(delta, Ordering::SeqCst).wrapping_add(delta);
         dekker_fence();
         let limit = if FORCE {
             COUNTER_MAX
@@ -347,7 +347,7 @@ impl<'p> Counter<'p> {
         // ORDERING: Relaxed; `max` is a configuration read, the flag a sticky hint for
         // `peak_floor`.
         if FORCE && new > self.conf.max.load(Ordering::Relaxed) {
-            self.track.above_max.store(true, Ordering::Relaxed);
+            self.hot.above_max.store(true, Ordering::Relaxed);
         }
         Ok(new)
     }
@@ -368,7 +368,7 @@ impl<'p> Counter<'p> {
             if taken < amount {
                 if count {
                     // ORDERING: Relaxed; statistic.
-                    c.track.underflows.fetch_add(1, Ordering::Relaxed);
+                    c.hot.underflows.fetch_add(1, Ordering::Relaxed);
                 }
                 c.note_forgiven(amount - taken);
             }
@@ -385,7 +385,7 @@ impl<'p> Counter<'p> {
     #[inline(always)]
     fn subtract_clamped(&self, n: usize) -> usize {
         // ORDERING: Relaxed initial load; the CAS below is what takes effect.
-        let mut cur = self.usage.load(Ordering::Relaxed);
+        let mut cur = self.hot.usage.load(Ordering::Relaxed);
         loop {
             let take = clamp_nonneg(cur).min(n);
             if take == 0 {
@@ -396,7 +396,7 @@ impl<'p> Counter<'p> {
             // pair with `protection_changed` (this uncharger then loads the "armed" flag,
             // the arming thread loads `usage`) and protocol L's total order. Relaxed on
             // failure: the value is re-read and nothing was done.
-            match self.usage.compare_exchange_weak(
+            match self.hot.usage.compare_exchange_weak(
                 cur,
                 cur - take as isize,
                 Ordering::SeqCst,
@@ -418,8 +418,8 @@ impl<'p> Counter<'p> {
     fn note_forgiven(&self, excess: usize) {
         // Saturating: a statistic of absurd requests must not wrap back to small values.
         // ORDERING: Relaxed; statistic.
-        let mut f = self.track.forgiven.load(Ordering::Relaxed);
-        while let Err(now) = self.track.forgiven.compare_exchange_weak(
+        let mut f = self.hot.forgiven.load(Ordering::Relaxed);
+        while let Err(now) = self.hot.forgiven.compare_exchange_weak(
             f,
             f.saturating_add(excess),
             Ordering::Relaxed,

@@ -35,7 +35,7 @@ impl Counter<'_> {
         let mut usage = 0;
         for _ in 0..SET_MAX_RETRIES {
             // ORDERING: SeqCst, step 1 of protocol L on the setter side.
-            let before = self.usage.load(Ordering::SeqCst);
+            let before = self.hot.usage.load(Ordering::SeqCst);
             usage = clamp_nonneg(before);
             if usage > limit {
                 return Err(LimitError::Busy { usage, limit });
@@ -44,7 +44,7 @@ impl Counter<'_> {
             // pairs with the charger's SeqCst `fetch_add` + load of `max` in `charge_walk`.
             let old = self.conf.max.swap(limit, Ordering::SeqCst);
             dekker_fence();
-            let after = self.usage.load(Ordering::SeqCst);
+            let after = self.hot.usage.load(Ordering::SeqCst);
             if after <= before || limit >= old {
                 return Ok(());
             }
@@ -68,7 +68,7 @@ impl Counter<'_> {
         if limit < old {
             // Usage may now stay above `max` (see `peak_floor`).
             // ORDERING: Relaxed; a sticky hint.
-            self.track.above_max.store(true, Ordering::Relaxed);
+            self.hot.above_max.store(true, Ordering::Relaxed);
         }
         Ok(old)
     }

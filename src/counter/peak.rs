@@ -81,10 +81,10 @@ impl Counter<'_> {
         let mut spins = 0;
         loop {
             // ORDERING: SeqCst, see `reset_peak`.
-            let usage = clamp_nonneg(self.usage.load(Ordering::SeqCst));
+            let usage = clamp_nonneg(self.hot.usage.load(Ordering::SeqCst));
             let max = self.max();
             // ORDERING: Relaxed; a sticky hint set by forced charges and `swap_max`.
-            if usage <= max || self.track.above_max.load(Ordering::Relaxed) {
+            if usage <= max || self.hot.above_max.load(Ordering::Relaxed) {
                 return usage;
             }
             if spins == PEAK_FLOOR_SPINS {

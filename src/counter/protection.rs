@@ -128,7 +128,7 @@ impl<'p> Counter<'p> {
             let want_low = usage.min(low);
             swap_and_push(&self.track.min_usage, want_min, &parent.track.children_min_usage);
             swap_and_push(&self.track.low_usage, want_low, &parent.track.children_low_usage);
-            let now = clamp_nonneg(self.usage.load(Ordering::SeqCst));
+            let now = clamp_nonneg(self.hot.usage.load(Ordering::SeqCst));
             if now.min(self.conf.min.load(Ordering::SeqCst)) == want_min
                 && now.min(self.conf.low.load(Ordering::SeqCst)) == want_low
             {
@@ -166,7 +166,7 @@ impl<'p> Counter<'p> {
     pub(super) fn repropagate_upwards(&self) {
         for c in self.ancestors_and_self() {
             // ORDERING: SeqCst, see `propagate_slow`.
-            let usage = clamp_nonneg(c.usage.load(Ordering::SeqCst));
+            let usage = clamp_nonneg(c.hot.usage.load(Ordering::SeqCst));
             c.propagate_protected_usage(usage);
         }
     }

@@ -296,7 +296,7 @@ impl<P: CpuProvider, const K: usize> Group<P, K> {
     /// The group's name, if it was given one.
     #[must_use]
     pub fn name(&self) -> Option<&str> {
-        self.node().name.as_deref()
+        self.node().name()
     }
 
     /// Whether the group is online.

@@ -84,7 +84,7 @@ impl GroupName {
         node: NonNull<Node<P, K>>,
     ) -> Option<GroupName> {
         // SAFETY: referenced by the caller, so alive; the name never changes.
-        let name = NonNull::from(unsafe { node.as_ref() }.name.as_deref()?);
+        let name = NonNull::from(unsafe { node.as_ref() }.name()?);
         let ops: &'static NameOps = &NameOpsOf::<P, K>::OPS;
         let node = node.cast::<()>();
         // SAFETY: referenced by the caller.

@@ -50,6 +50,9 @@ pub(crate) struct Topo<P: CpuProvider, const K: usize> {
     pub(crate) online_children: usize,
 }
 
+/// A group's name, behind one thin pointer in the node.
+pub(crate) struct NodeName(Box<str>);
+
 /// A group's heap node.
 pub(crate) struct Node<P: CpuProvider, const K: usize> {
     pub(crate) counter: Counter<'static>,
@@ -57,10 +60,12 @@ pub(crate) struct Node<P: CpuProvider, const K: usize> {
     pub(crate) domain: NonNull<Domain<P, K>>,
     pub(crate) parent: Option<NonNull<Node<P, K>>>,
     pub(crate) id: GroupId,
-    /// The node's slot in the domain's shard arena: its reference count's shards, and its
-    /// dense index (the unit stock's entry is `slot.index % K`).
-    slot: Slot,
-    pub(crate) name: Option<Box<str>>,
+    /// The node's slot number in the domain's shard arena (its reference count holds the
+    /// slot's shards): its dense index, the unit stock's entry is `slot_index % K`. 32 bits
+    /// (with `state` beside it) keep the node at six lines on 64-bit targets.
+    slot_index: u32,
+    /// Boxed once more, so that an unnamed group pays one word, not two.
+    name: Option<Box<NodeName>>,
     pub(crate) state: AtomicU8,
     pub(crate) events: Events,
     pub(crate) topo: UnsafeCell<Topo<P, K>>,
@@ -75,6 +80,16 @@ pub(crate) struct Node<P: CpuProvider, const K: usize> {
 }
 
 impl<P: CpuProvider, const K: usize> Node<P, K> {
+    /// The group's name, if it was given one.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref().map(|n| &*n.0)
+    }
+
+    /// The node's slot in the shard arena.
+    fn slot(&self) -> Slot {
+        self.refs.slot(self.slot_index as usize)
+    }
+
     /// Allocates a node with `initial` references. Every allocation is fallible: on
     /// [`GroupError::OutOfMemory`] nothing is left allocated.
     ///
@@ -108,12 +123,17 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
         counter.set_low(spec.low).map_err(GroupError::Limit)?;
         let oom = |_| GroupError::OutOfMemory;
         let name = match spec.name {
-            Some(name) => Some(try_box_str(name).map_err(oom)?),
+            Some(name) => Some(try_box(NodeName(try_box_str(name).map_err(oom)?)).map_err(oom)?),
             None => None,
         };
         // SAFETY: the caller's obligation: the domain outlives the node.
         let arena = unsafe { &domain.as_ref().arena };
         let slot = arena.alloc().map_err(oom)?;
+        let Ok(slot_index) = u32::try_from(slot.index) else {
+            // Four billion groups live at once: no memory for more.
+            arena.free(slot);
+            return Err(GroupError::OutOfMemory);
+        };
         // SAFETY: the arena lives in the domain, which outlives the count; the slot is given
         // back in `free_now`, after the node's grace period.
         let refs = unsafe { RefCount::new_in(arena, slot, initial) };
@@ -123,7 +143,7 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
             domain,
             parent,
             id,
-            slot,
+            slot_index,
             name,
             state: AtomicU8::new(ONLINE),
             events: Events::default(),
@@ -176,7 +196,7 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
     pub(crate) unsafe fn discard(this: NonNull<Self>) {
         // SAFETY: never shared (caller's obligation): ours to free.
         let node = unsafe { Box::from_raw(this.as_ptr()) };
-        let slot = node.slot;
+        let slot = node.slot();
         let domain = node.domain;
         drop(node);
         // SAFETY: the domain outlives its nodes; nobody can touch the slot's shards.
@@ -354,7 +374,7 @@ impl<P: CpuProvider, const K: usize> Node<P, K> {
         let domain_ptr = node.domain;
         let parent = node.parent;
         let id = node.id;
-        let slot = node.slot;
+        let slot = node.slot();
         {
             // SAFETY: the domain outlives its nodes.
             let domain = unsafe { domain_ptr.as_ref() };
@@ -486,7 +506,7 @@ impl<P: CpuProvider, const K: usize> StockOwner for Node<P, K> {
 
     #[inline(always)]
     fn stock_index(&self) -> usize {
-        self.slot.index
+        self.slot_index as usize
     }
 
     #[inline]

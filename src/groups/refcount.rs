@@ -87,9 +87,12 @@ struct Block {
 /// The slot bookkeeping of a [`ShardArena`], guarded by its flag.
 struct Slots {
     blocks: Vec<NonNull<Block>>,
-    /// Slots given back, reused lowest first would need a heap; reused last-in-first-out,
-    /// which keeps live slots dense as well.
-    free: Vec<usize>,
+    /// The last slot given back, plus one (0: none): a list of free slots threaded through
+    /// their own class-0 shards, each holding the next one's number plus one. Reused
+    /// last-in-first-out, which keeps live slots dense, and giving a slot back never
+    /// allocates (an offline or a free may run inside an allocator's `dealloc`) and costs no
+    /// memory beyond the shards themselves.
+    free_head: usize,
     /// Slots ever handed out: `0..next`.
     next: usize,
 }
@@ -121,7 +124,7 @@ impl ShardArena {
         Self {
             classes: classes.clamp(1, MAX_CLASSES).next_power_of_two(),
             lock: SpinFlag::new(),
-            slots: UnsafeCell::new(Slots { blocks: Vec::new(), free: Vec::new(), next: 0 }),
+            slots: UnsafeCell::new(Slots { blocks: Vec::new(), free_head: 0, next: 0 }),
         }
     }
 
@@ -132,13 +135,15 @@ impl ShardArena {
         // with the arena).
         let slot = self.slots.with_mut(|s| unsafe {
             let s = &mut *s;
-            if let Some(index) = s.free.pop() {
+            if s.free_head != 0 {
+                let index = s.free_head - 1;
+                // ORDERING: Relaxed; the free list is only touched under the flag.
+                s.free_head = Self::shard0(s, index).load(Ordering::Relaxed);
                 return Ok(self.slot_at(s, index));
             }
             let index = s.next;
             if index / BLOCK == s.blocks.len() {
                 s.blocks.try_reserve(1).map_err(|_| OutOfMemory)?;
-                s.free.try_reserve(BLOCK).map_err(|_| OutOfMemory)?;
                 let n = self.classes * BLOCK;
                 let shards = crate::fallible::try_boxed_slice(n, |_| AtomicUsize::new(0))?;
                 let block = try_box(Block { shards })?;
@@ -168,13 +173,43 @@ impl ShardArena {
         Slot { index, base }
     }
 
+    /// Class-0 shard of slot `index < next`: a free slot's link. The caller holds the flag.
+    fn shard0(s: &Slots, index: usize) -> &AtomicUsize {
+        // SAFETY: blocks live as long as the arena; `index < next`, so its block exists.
+        let block = unsafe { s.blocks[index / BLOCK].as_ref() };
+        &block.shards[index % BLOCK]
+    }
+
     /// Gives `slot` back for reuse. Its owner is gone: no reference and no reader can touch
-    /// its shards any more.
+    /// its shards any more, so its class-0 shard can hold the free list's link. Never
+    /// allocates.
     pub(crate) fn free(&self, slot: Slot) {
         let _g = self.lock.lock();
-        // SAFETY: the flag is held. `free` has room for every slot ever handed out (reserved
-        // a block at a time in `alloc`), so this push does not allocate.
-        self.slots.with_mut(|s| unsafe { (*s).free.push(slot.index) });
+        // SAFETY: the flag is held, so the bookkeeping is ours.
+        self.slots.with_mut(|s| unsafe {
+            let s = &mut *s;
+            debug_assert!(slot.index < s.next, "a slot of this arena");
+            // ORDERING: Relaxed; the free list is only touched under the flag.
+            Self::shard0(s, slot.index).store(s.free_head, Ordering::Relaxed);
+            s.free_head = slot.index + 1;
+        });
+    }
+
+    /// Slots taken and not given back, and blocks allocated (tests).
+    #[cfg(test)]
+    pub(crate) fn census(&self) -> (usize, usize) {
+        let _g = self.lock.lock();
+        // SAFETY: the flag is held.
+        self.slots.with_mut(|s| unsafe {
+            let s = &*s;
+            let mut free = 0;
+            let mut at = s.free_head;
+            while at != 0 {
+                free += 1;
+                at = Self::shard0(s, at - 1).load(Ordering::Relaxed);
+            }
+            (s.next - free, s.blocks.len())
+        })
     }
 }
 
@@ -233,7 +268,8 @@ impl Drop for ShardArena {
 pub(crate) struct RefCount {
     /// Shard 0 of this count's slot; shard `c` is `c × BLOCK` words further.
     base: NonNull<AtomicUsize>,
-    mask: usize,
+    /// Classes minus one (a power of two minus one, at most 63).
+    mask: u32,
     central: AtomicUsize,
     killed: AtomicBool,
 }
@@ -254,22 +290,28 @@ impl RefCount {
     pub(crate) unsafe fn new_in(arena: &ShardArena, slot: Slot, initial: usize) -> Self {
         Self {
             base: slot.base,
-            mask: arena.classes - 1,
+            // `classes <= MAX_CLASSES`, so this fits.
+            mask: (arena.classes - 1) as u32,
             central: AtomicUsize::new(BIAS.wrapping_add(initial.wrapping_mul(ONE))),
             killed: AtomicBool::new(false),
         }
+    }
+
+    /// The arena slot numbered `index` this count lives in (the one `new_in` was given).
+    pub(crate) fn slot(&self, index: usize) -> Slot {
+        Slot { index, base: self.base }
     }
 
     #[inline(always)]
     fn shard(&self, hint: usize) -> &AtomicUsize {
         // SAFETY: shard `c < classes` of the slot is `c × BLOCK` words from its class-0 shard,
         // inside the same block (rows are `BLOCK` words, `classes` of them).
-        unsafe { &*self.base.as_ptr().add((hint & self.mask) * BLOCK) }
+        unsafe { &*self.base.as_ptr().add((hint & self.mask as usize) * BLOCK) }
     }
 
     /// The shards of this count, for a kill's harvest and statistics.
     fn shards(&self) -> impl Iterator<Item = &AtomicUsize> {
-        (0..=self.mask).map(|c| self.shard(c))
+        (0..=self.mask as usize).map(|c| self.shard(c))
     }
 
     /// Takes one more reference. The caller must already own one (or otherwise know the
@@ -454,7 +496,7 @@ impl core::fmt::Debug for RefCount {
         f.debug_struct("RefCount")
             .field("count", &self.count())
             .field("killed", &self.is_killed())
-            .field("shards", &(self.mask + 1))
+            .field("shards", &(self.mask as usize + 1))
             .finish()
     }
 }
@@ -462,6 +504,45 @@ impl core::fmt::Debug for RefCount {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::TestCount as RefCount;
+    use super::{BLOCK, ShardArena};
+    use alloc_crate::vec::Vec;
+
+    /// Slots given back are reused last-in-first-out, shards zeroed, before any new block;
+    /// giving back more slots than a block holds needs no memory (the list is threaded
+    /// through the freed slots' own shards).
+    #[test]
+    fn freed_slots_are_reused_newest_first_with_zeroed_shards() {
+        let arena = ShardArena::new(2);
+        let slots: Vec<_> = (0..3 * BLOCK).map(|_| arena.alloc().unwrap()).collect();
+        assert_eq!(arena.census(), (3 * BLOCK, 3));
+        for (i, s) in slots.iter().enumerate() {
+            assert_eq!(s.index, i, "fresh slots are dense");
+        }
+        for s in &slots {
+            // A live count dirties both of its classes' shards before it goes.
+            // SAFETY: the slot is given back below, after the count is gone.
+            let rc = unsafe { super::RefCount::new_in(&arena, *s, 1) };
+            rc.get(0);
+            rc.get(1);
+            assert!(!rc.put(1));
+            assert!(!rc.put(0));
+            assert!(rc.kill());
+        }
+        for s in slots.iter().rev().skip(1) {
+            arena.free(*s); // every slot but the last, newest first
+        }
+        assert_eq!(arena.census(), (1, 3));
+        let again: Vec<_> = (0..3 * BLOCK - 1).map(|_| arena.alloc().unwrap()).collect();
+        for (i, s) in again.iter().enumerate() {
+            assert_eq!(s.index, i, "the last given back (slot 0) is the first taken");
+            // SAFETY: read only; each slot is ours.
+            let rc = unsafe { super::RefCount::new_in(&arena, *s, 1) };
+            assert_eq!(rc.count(), 1, "a reused slot's shards are zero");
+        }
+        assert_eq!(arena.census(), (3 * BLOCK, 3), "no block was added");
+        assert_eq!(arena.alloc().unwrap().index, 3 * BLOCK, "then fresh slots again");
+        assert_eq!(arena.census(), (3 * BLOCK + 1, 4));
+    }
 
     #[test]
     fn live_gets_and_puts_on_different_shards_balance_at_kill() {

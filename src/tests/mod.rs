@@ -1,6 +1,8 @@
 //! In-crate tests that need private access or loom (sharded-slab's `src/tests/` layout):
 //! loom models under `cfg(loom)`, property tests against [`crate::model`] otherwise.
 
+#[cfg(all(not(loom), feature = "std"))]
+mod footprint;
 #[cfg(loom)]
 mod loom_counter;
 #[cfg(all(loom, crossbeam_loom, feature = "alloc"))]
