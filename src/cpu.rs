@@ -75,6 +75,15 @@ pub unsafe trait CpuProvider: Send + Sync + 'static {
         None
     }
 
+    /// Crate-internal: a number for spreading a reference count's shards: any value is
+    /// correct (the shards are summed), and values that differ between contexts running at
+    /// once spread the contention. [`CpuProvider::current`] (or 0) by default.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn shard_hint(&self) -> usize {
+        self.current().unwrap_or(0)
+    }
+
     /// Crate-internal: forgets `hook` for `cpu`, waiting while it runs.
     ///
     /// # Safety
@@ -235,6 +244,17 @@ mod thread {
         static RELEASE: Release = const { Release(Cell::new(UNASSIGNED)) };
     }
 
+    impl ThreadCpus {
+        /// [`CpuProvider::current`] for an index that is not below `count`: none yet (assign
+        /// one), one being assigned (a nested context: bypass), or one beyond `count`.
+        #[cold]
+        #[inline(never)]
+        fn current_cold(&self, i: usize) -> Option<usize> {
+            let i = if i == UNASSIGNED { assign() } else { i };
+            if i < self.count { Some(i) } else { None }
+        }
+    }
+
     /// Assigns this thread an index (first call on a thread, or after its release at exit).
     #[cold]
     #[inline(never)]
@@ -347,11 +367,20 @@ mod thread {
 
         #[inline(always)]
         fn current(&self) -> Option<usize> {
-            let mut i = INDEX.with(Cell::get);
-            if i == UNASSIGNED {
-                i = assign();
+            let i = INDEX.with(Cell::get);
+            // One comparison on the fast path: `UNASSIGNED` and `ASSIGNING` are never below
+            // `count`, so they take the cold path with the indices `>= count`.
+            if i < self.count {
+                return Some(i);
             }
-            if i < self.count { Some(i) } else { None }
+            self.current_cold(i)
+        }
+
+        /// The thread's index as it is, without taking one: a thread that has none yet (or
+        /// is past `count`) spreads onto whichever shard the mask makes of it.
+        #[inline(always)]
+        fn shard_hint(&self) -> usize {
+            INDEX.with(Cell::get)
         }
 
         unsafe fn watch_exit(&self, cpu: usize, hook: NonNull<SlotHook>) -> Option<bool> {

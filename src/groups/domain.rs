@@ -297,7 +297,7 @@ impl<P: CpuProvider, const K: usize> Domain<P, K> {
     /// The caller's shard hint: the current CPU.
     #[inline(always)]
     pub(crate) fn hint(&self) -> usize {
-        self.cpus.current().unwrap_or(0)
+        self.cpus.shard_hint()
     }
 
     pub(crate) fn next_id(&self) -> GroupId {
