@@ -301,7 +301,7 @@ impl<'p> Counter<'p> {
         /// node's `min` / `low` are ignored by effective-protection calculations.
         #[must_use]
         pub const fn without_protection(mut self) -> Self {
-            self.conf.0.flags &= !FLAG_PROTECTION;
+            self.conf.value.flags &= !FLAG_PROTECTION;
             self
         }
     }
@@ -310,7 +310,7 @@ impl<'p> Counter<'p> {
         /// Stops counting failed charges on this node (Linux's `track_failcnt = false`).
         #[must_use]
         pub const fn without_failcnt(mut self) -> Self {
-            self.conf.0.flags &= !FLAG_FAILCNT;
+            self.conf.value.flags &= !FLAG_FAILCNT;
             self
         }
     }
