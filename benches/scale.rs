@@ -11,8 +11,8 @@
 //!   so the population stays between N and N + N/100.
 //! * `scale/offline+free/N`: a chunk of N/100 extra groups is created untimed; then, timed,
 //!   each is taken offline and its handle dropped, and one [`Tree::reclaim`] ends the chunk.
-//!   The cost includes every free: each `offline` pumps the epoch, which frees the groups
-//!   released before it, and the final `reclaim` frees the rest (checked with the tree's
+//!   The cost includes every free: an `offline` frees the groups released before it once a
+//!   batch of them waits (`OFFLINE_PUMP_BATCH`), and the final `reclaim` frees the rest (checked with the tree's
 //!   statistics after every chunk: a chunk that left a group unfreed panics).
 //! * bytes per group: heap bytes live after creating the population minus before, over N,
 //!   counted by this binary's global allocator (the bytes requested from it, without the C

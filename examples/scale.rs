@@ -15,8 +15,8 @@
 //!   the same span, over N (what the machine pays, malloc's headers and alignment included);
 //! * **create ns/group**: the time to create the N groups (`create_child`), over N;
 //! * **offline+free ns/group**: the time to take each group offline and drop its handle, then
-//!   one [`Tree::reclaim`], over N. Each `offline` pumps the epoch, which frees the groups
-//!   released before it, and the final `reclaim` frees the rest: the figure includes every
+//!   one [`Tree::reclaim`], over N. An `offline` frees the groups released before it once a batch
+//!   of them waits (`OFFLINE_PUMP_BATCH`), and the final `reclaim` frees the rest: the figure includes every
 //!   free (the tree's statistics are checked to say all N were freed); **heap left** is what
 //!   the heap holds then beyond what it held before the creations (the epoch collector's
 //!   own state, created on first use, and its bags: a few KiB, whatever N).

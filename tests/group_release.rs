@@ -28,7 +28,9 @@ use std::thread;
 
 use chargetree::COUNTER_MAX;
 use chargetree::cpu::ThreadCpus;
-use chargetree::group::{Group, GroupError, GroupId, GroupSpec, OwnerCell, reclaim_orphans};
+use chargetree::group::{
+    Group, GroupError, GroupId, GroupSpec, OFFLINE_PUMP_BATCH, OwnerCell, reclaim_orphans,
+};
 
 // ---------------------------------------------------------------------------------------------
 // 2. Release and free: exactly once, never while reachable
@@ -264,6 +266,71 @@ fn detached_chains_are_freed_when_their_last_handle_goes() {
 /// other thread cannot see them, however often it is called, although the process is
 /// quiescent ("in a quiescent process they are freed before this returns"). They are freed
 /// only after the idle thread pins again, fills its bag, or exits.
+/// An offline frees what was released before it in batches: once `OFFLINE_PUMP_BATCH`
+/// released groups await freeing, the next offline frees them all, so after any offline fewer
+/// than a batch wait; `reclaim` frees the rest.
+#[test]
+fn offlines_free_released_groups_in_batches() {
+    let (tree, log) = thread_tree();
+    let root = tree.root();
+    let mut pumped = 0;
+    for i in 0..3 * OFFLINE_PUMP_BATCH {
+        let g = child(&root, &format!("g{i}"));
+        let before = tree.stats();
+        g.offline().unwrap();
+        let after = tree.stats();
+        let waiting = after.released - after.freed;
+        assert!(waiting < OFFLINE_PUMP_BATCH, "offline {i} left {waiting} released groups unfreed");
+        if after.freed > before.freed {
+            assert_eq!(waiting, 0, "a pump frees everything waiting (quiescent)");
+            assert_eq!(before.released - before.freed, OFFLINE_PUMP_BATCH, "and only at a full batch");
+            pumped += 1;
+        }
+        drop(g); // released: queued, not freed
+    }
+    assert_eq!(pumped, 2, "offlines 33 and 65 pumped");
+    let s = tree.stats();
+    assert_eq!(s.released - s.freed, OFFLINE_PUMP_BATCH);
+    tree.reclaim();
+    let s = tree.stats();
+    assert_eq!((s.released, s.freed), (3 * OFFLINE_PUMP_BATCH, 3 * OFFLINE_PUMP_BATCH));
+    log.check();
+}
+
+/// What waits for a batch is on the tree's released list, not in the private state of the
+/// thread that released it: another thread's `reclaim` frees it while that thread is alive
+/// and idle.
+#[test]
+fn groups_released_on_another_thread_are_freed_by_this_threads_reclaim() {
+    let (tree, log) = thread_tree();
+    let root = tree.root();
+    let barrier = std::sync::Barrier::new(2);
+    let ids = thread::scope(|s| {
+        let worker = s.spawn(|| {
+            let ids: Vec<_> = (0..OFFLINE_PUMP_BATCH / 2)
+                .map(|i| {
+                    let g = child(&root, &format!("w{i}"));
+                    g.offline().unwrap();
+                    g.id()
+                })
+                .collect();
+            barrier.wait();
+            barrier.wait(); // alive and idle until the main thread has reclaimed
+            ids
+        });
+        barrier.wait();
+        tree.reclaim();
+        let s = tree.stats();
+        assert_eq!(s.released, s.freed, "freed while the releasing thread is alive and idle");
+        barrier.wait();
+        worker.join().unwrap()
+    });
+    for id in ids {
+        assert_eq!((log.released(id), log.freed(id)), (1, 1));
+    }
+    log.check();
+}
+
 #[test]
 fn groups_handed_over_by_pin_on_an_idle_thread_are_freed_by_reclaim() {
     let (tree, log) = test_tree();

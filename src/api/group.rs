@@ -58,4 +58,4 @@ pub use crate::groups::{
 pub use crate::reservation::{Reservation, ShrinkError};
 #[cfg(not(loom))]
 pub use crate::tree::LazyTree;
-pub use crate::tree::{MAX_REFCOUNT_SHARDS, MAX_RETRIES, Tree, TreeConfig, TreeStats};
+pub use crate::tree::{MAX_REFCOUNT_SHARDS, MAX_RETRIES, OFFLINE_PUMP_BATCH, Tree, TreeConfig, TreeStats};

@@ -620,6 +620,16 @@ impl<P: CpuProvider, const K: usize> Domain<P, K> {
         guard.flush();
     }
 
+    /// Released objects (groups and `ObjGroup`s) not freed yet: on the released list or
+    /// handed to the collector. Racy (two Relaxed loads), exact at quiescence.
+    pub(crate) fn awaiting_free(&self) -> usize {
+        // ORDERING: Relaxed; a heuristic for when to pump. Both only grow and a free follows
+        // its queueing; racing loads can overstate the figure or wrap it (a huge value), and
+        // either only makes an offline pump early, which is always correct.
+        let freed = self.dequeued_freed.load(Ordering::Relaxed);
+        self.queued.load(Ordering::Relaxed).wrapping_sub(freed)
+    }
+
     /// Reclaims and nudges the collector until every released object is freed, giving up
     /// after [`PUMP_ROUNDS`] rounds in a row that freed nothing (yielding the CPU between
     /// them). Frees can release more (a freed node puts its parent, a freed `ObjGroup` its

@@ -12,6 +12,7 @@ mod offline;
 
 #[cfg(not(loom))]
 pub use lazy::LazyTree;
+pub use offline::OFFLINE_PUMP_BATCH;
 
 use alloc_crate::boxed::Box;
 use alloc_crate::vec::Vec;
