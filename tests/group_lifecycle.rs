@@ -359,6 +359,80 @@ fn offline_zeroes_protection_and_the_parents_protected_sums() {
     assert_eq!((p.counter().children_min_usage(), p.counter().children_low_usage()), (0, 0));
 }
 
+/// Issue 11, item 9: the protection of a group that is gone must not stay in its parent. A
+/// child with `min`/`low` is left, after offline, with usage that its reparented objects no
+/// longer uncharge from it (a residue of 5 units); `min`/`low` set on it again are refused and
+/// change nothing, and once it is freed the parent's protection sums are exactly what they
+/// were before the child existed. A new child with `min` 10 then gets an effective `min` of
+/// 10, not 6 (the issue's numbers: a stale 5 in the parent's sum of 15 overcommits the
+/// parent's 10). Unlike `an_offline_groups_protection_is_retired_for_good`
+/// (`counter_mutants.rs`), the retired group keeps usage until it is freed, and the check
+/// covers the free and a later sibling's effective protection.
+#[test]
+fn an_offline_groups_protection_does_not_outlive_it_in_the_parent() {
+    let log = Arc::new(Log::default());
+    let config = TreeConfig::with_cpus(TestCpus::new(1)).unit_bytes(100).batch(0).observer(Obs(log.clone()));
+    let tree = Tree::with_config(config);
+    let root = tree.root();
+    let p = root.create_child(GroupSpec::new().name("p").min(10).low(10)).unwrap();
+    let sums = |g: &Group<TestCpus>| (g.counter().children_min_usage(), g.counter().children_low_usage());
+    let before = sums(&p);
+    assert_eq!(before, (0, 0));
+
+    // The child's objects charge 5 units (outside any CPU: no stock, every unit counted).
+    let c = p.create_child(GroupSpec::new().name("c").min(10).low(10)).unwrap();
+    let o = c.obj_group().unwrap();
+    assert!(o.charge_bytes(500).is_ok());
+    assert_eq!((c.counter().min_usage(), c.counter().low_usage()), (5, 5));
+    assert_eq!(sums(&p), (5, 5));
+
+    // Offline retires the protection; the objects move to the parent, and uncharging them
+    // there leaves the child's 5 units as a residue it keeps until freed.
+    c.offline().unwrap();
+    assert!(c.counter().is_retired());
+    assert_eq!(sums(&p), before, "offline took the child's protected usage out of the parent");
+    o.uncharge_bytes(500);
+    assert_eq!((c.counter().usage(), p.counter().usage(), root.counter().usage()), (5, 0, 0));
+
+    // Protection given again to the offline child: refused, and without effect.
+    let again = (c.counter().set_min(10), c.counter().set_low(10), c.counter().set_min(usize::MAX));
+    assert_eq!((c.counter().min(), c.counter().low()), (0, 0), "an offline group declares no protection");
+    assert_eq!((c.counter().min_usage(), c.counter().low_usage()), (0, 0));
+    assert_eq!(sums(&p), before, "protection set on an offline child reached the parent");
+    // Its residue moving does not bring protection back either.
+    c.counter().try_charge(1).unwrap();
+    c.counter().uncharge(1);
+    assert_eq!(sums(&p), before);
+
+    // Freed with its residue: the parent has no children and exactly its old sums.
+    let cid = c.id();
+    drop((o, c));
+    settle(&tree);
+    assert_eq!(log.freed(cid), 1, "the offline child is freed");
+    assert!(p.children().is_empty());
+    assert_eq!(sums(&p), before, "a freed child's protection stayed in its parent");
+
+    // A new child with `min`/`low` 10 using 10 gets all of it: nothing stale shares the
+    // parent's 10.
+    let n = p.create_child(GroupSpec::new().name("n").min(10).low(10)).unwrap();
+    n.counter().try_charge(10).unwrap();
+    assert_eq!(sums(&p), (10, 10));
+    assert_eq!(n.counter().effective_protection_under(root.counter(), false), Some((10, 10)));
+    p.counter().calculate_protection(root.counter(), false);
+    n.counter().calculate_protection(root.counter(), false);
+    assert_eq!((n.counter().effective_min(), n.counter().effective_low()), (10, 10));
+
+    assert_eq!(
+        again,
+        (Err(LimitError::Retired), Err(LimitError::Retired), Err(LimitError::Retired)),
+        "set_min/set_low on an offline group are refused"
+    );
+    n.counter().uncharge(10);
+    assert_eq!((sums(&p), p.counter().usage(), root.counter().usage()), ((0, 0), 0, 0));
+    drop((n, p, root));
+    finish(tree, log);
+}
+
 #[test]
 fn charging_an_offline_group_is_allowed_and_balances() {
     let (tree, log) = test_tree();

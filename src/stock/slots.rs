@@ -427,3 +427,82 @@ impl<P, T> Drop for DrainGuard<'_, P, T> {
         self.0.draining.store(false, Ordering::Release);
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{Payload, PerCpu};
+    use crate::cpu::NoCpus;
+    use crate::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A payload of a number of cached units: empty at 0.
+    struct Units(AtomicUsize);
+
+    impl Payload for Units {
+        fn is_empty(&self) -> bool {
+            self.0.load(Ordering::Relaxed) == 0
+        }
+    }
+
+    /// Four slots, indexed directly (the provider is never asked: no exit hooks are used).
+    fn array() -> PerCpu<NoCpus, Units> {
+        match PerCpu::try_new(4, || Units(AtomicUsize::new(0))) {
+            Ok(a) => a,
+            Err(_) => panic!("allocating four slots"),
+        }
+    }
+
+    /// Drains every non-empty payload; returns what was taken.
+    fn drain(a: &PerCpu<NoCpus, Units>) -> usize {
+        let mut taken = 0;
+        let done = a.drain_all(|p| !p.is_empty(), |p| p.0.swap(0, Ordering::Relaxed), |x| taken += x);
+        assert_eq!(done, Some(true), "no other drain runs and the barrier works");
+        taken
+    }
+
+    /// The teardown's `is_drained` (what `Domain::close_caches` spins on after `close`) says
+    /// `false` while a used slot's payload holds something (before and after `close`) and
+    /// while an owner is inside its slot (even with an empty payload), and `true` only once
+    /// every used slot is empty and free. Catches an `is_drained` that always answers `true`
+    /// (the tree would stop draining with units still cached), one that ignores `busy`, and
+    /// one that ignores the payload.
+    #[test]
+    fn is_drained_sees_cached_payloads_and_owners_inside() {
+        let a = array();
+        assert!(a.is_drained(), "nothing was ever used");
+
+        // An owner fills slot 2 and leaves: its payload still holds 7 units.
+        a.note_used(Some(2));
+        {
+            let held = a.enter(Some(2)).expect("slot 2 is free");
+            held.0.store(7, Ordering::Relaxed);
+            assert!(!a.is_drained(), "an owner is inside slot 2 and its payload holds 7");
+        }
+        assert!(!a.is_drained(), "slot 2's payload still holds 7");
+
+        // Closing stops new fills but empties nothing.
+        assert!(a.close(), "the heavy barrier works here");
+        assert!(!a.is_drained(), "closed, but slot 2 still holds 7");
+
+        // A drain takes the 7 back: now drained.
+        assert_eq!(drain(&a), 7);
+        assert!(a.is_drained(), "every used slot is empty and free");
+
+        // An owner inside a slot with an empty payload (it may be about to fill it, having
+        // read `closed` before the close): not drained until it leaves.
+        a.note_used(Some(1));
+        let held = a.enter(Some(1)).expect("slot 1 is free");
+        assert!(held.is_closed());
+        assert!(!a.is_drained(), "an owner is inside slot 1");
+        drop(held);
+        assert!(a.is_drained(), "the owner left slot 1 empty");
+
+        // A payload below the high-water mark is seen wherever it is (slot 0, below 3).
+        {
+            let held = a.enter(Some(0)).expect("slot 0 is free");
+            held.0.store(1, Ordering::Relaxed);
+        }
+        assert!(!a.is_drained(), "slot 0 holds 1");
+        assert_eq!(drain(&a), 1);
+        assert!(a.is_drained());
+    }
+}
