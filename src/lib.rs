@@ -145,14 +145,18 @@
 //! # Cargo features
 //!
 //! * `std` (default): thread-based CPU slots ([`ThreadCpus`](cpu::ThreadCpus)), pinning on
-//!   the current thread, `membarrier(2)` for remote stock drains on Linux; implies `alloc`.
+//!   the current thread, `membarrier(2)` for remote stock drains on Linux, the
+//!   [`TenantAlloc`](alloc::TenantAlloc) global allocator; implies `alloc`.
 //!   Error types implement `core::error::Error` either way.
 //! * `alloc`: groups, epoch reclamation, stocks, the engine, `ObjGroup`s (the bare counter
 //!   needs no allocator).
 //! * `portable-atomic`: take atomics from `portable-atomic`, for targets without native
 //!   pointer-width read-modify-write; add `critical-section` (or portable-atomic's
 //!   `unsafe-assume-single-core` cfg) on single-core targets such as `thumbv6m-none-eabi`.
-//! * `model`: a plain sequential reference model of the counter (for fuzzing; not semver).
+//! * `model`: plain sequential reference models of the counter, the tree of groups and the
+//!   object layer (`model`), for the fuzz targets and property tests; not semver.
+//! * `allocator-api2`: `alloc::GroupAlloc`, an `allocator_api2::alloc::Allocator` that
+//!   charges one collection to one group; implies `alloc`.
 //!
 //! # `no_std`
 //!

@@ -1,7 +1,7 @@
-//! Engine tests, chapter 1: the charge path (§2.2). Fast path (a stock hit touches no
-//! counter), a miss and its batch, zero and oversized amounts, the retry with exactly the
-//! amount, the lowest failing ancestor and its events, the reclaim hook, the drain of the
-//! failing subtree before failing, bounded retries, and a batch too large to charge.
+//! Engine tests, chapter 1: the charge path (Linux's `try_charge_memcg()`). Fast path (a stock
+//! hit touches no counter), a miss and its batch, zero and oversized amounts, the retry with
+//! exactly the amount, the lowest failing ancestor and its events, the reclaim hook, the drain
+//! of the failing subtree before failing, bounded retries, and a batch too large to charge.
 //!
 //! Black-box tests of the charge engine and the per-CPU stock (Linux's `try_charge_memcg()`
 //! and `memcg_stock_pcp` as `src/engine/` and `src/stock/units.rs` implement them), through
@@ -38,11 +38,11 @@ use chargetree::group::{
 use chargetree::stock::DEFAULT_BATCH;
 
 // ---------------------------------------------------------------------------------------------
-// 1. The charge path (§2.2) and the stock (§3)
+// 1. The charge path and the stock
 // ---------------------------------------------------------------------------------------------
 
-/// §2.2 step 1 / §3.4 S5: a stock hit takes units from this CPU's entry and touches no
-/// counter (usage and peak unchanged, cached units go down); another CPU's stock is separate.
+/// The fast path (S5): a stock hit takes units from this CPU's entry and touches no counter
+/// (usage and peak unchanged, cached units go down); another CPU's stock is separate.
 #[test]
 fn a_stock_hit_touches_no_counter() {
     let (tree, log) = test_tree();
@@ -73,9 +73,9 @@ fn a_stock_hit_touches_no_counter() {
     finish(tree, log);
 }
 
-/// §2.2 steps 2 and done_restock: a miss charges `max(batch, n)` and gives `batch − n` to
-/// this CPU's stock (added to what the entry still holds); `TreeConfig::batch` sets the
-/// batch and 0 disables the stocks.
+/// A miss and Linux's `done_restock`: a miss charges `max(batch, n)` and gives `batch − n` to
+/// this CPU's stock (added to what the entry still holds); `TreeConfig::batch` sets the batch
+/// and 0 disables the stocks.
 #[test]
 fn a_miss_charges_a_batch_and_refills_the_rest() {
     let (tree, log) = test_tree();
@@ -104,8 +104,8 @@ fn a_miss_charges_a_batch_and_refills_the_rest() {
     }
 }
 
-/// §1.14: `n = 0` is a no-op in effect. A zero charge has nothing to hand out, so it should
-/// neither pre-charge a batch into the stock nor report (and raise) over-`high`.
+/// `n = 0` is a no-op in effect. A zero charge has nothing to hand out, so it should neither
+/// pre-charge a batch into the stock nor report (and raise) over-`high`.
 #[test]
 fn a_zero_charge_is_a_no_op() {
     let (tree, log) = test_tree();
@@ -117,8 +117,8 @@ fn a_zero_charge_is_a_no_op() {
     finish(tree, log);
 }
 
-/// §2.8 / §3.2: `n > batch` bypasses the stock both ways: charged exactly, nothing cached,
-/// and uncharged straight from the counters even where the group is cached.
+/// `n > batch` bypasses the stock both ways: charged exactly, nothing cached, and uncharged
+/// straight from the counters even where the group is cached.
 #[test]
 fn amounts_above_the_batch_bypass_the_stock() {
     let (tree, log) = test_tree();
@@ -138,9 +138,9 @@ fn amounts_above_the_batch_bypass_the_stock() {
     finish(tree, log);
 }
 
-/// §2.2 step 4: when the batch does not fit, the engine retries with exactly `n` before any
-/// reclaim (max 100, usage 50, charge 1 with batch 64 succeeds and caches nothing), also when
-/// it is an ancestor's limit that refuses the batch.
+/// When the batch does not fit, the engine retries with exactly `n` before any reclaim
+/// (max 100, usage 50, charge 1 with batch 64 succeeds and caches nothing), also when it is
+/// an ancestor's limit that refuses the batch.
 #[test]
 fn a_batch_that_does_not_fit_is_retried_with_exactly_n() {
     let (tree, log, calls) = recording_tree(DEFAULT_BATCH, DEFAULT_RETRIES);
@@ -175,9 +175,9 @@ fn a_batch_that_does_not_fit_is_retried_with_exactly_n() {
     finish(tree, log);
 }
 
-/// §2.7 C4: the failure names the lowest ancestor-or-self whose `max` refused, with its
-/// limit and usage; nothing stays charged; `Event::Max` and `Event::Oom` go to that group
-/// (local) and its ancestors (hierarchical), not to the charged group.
+/// The failure names the lowest ancestor-or-self whose `max` refused, with its limit and
+/// usage; nothing stays charged; `Event::Max` and `Event::Oom` go to that group (local) and
+/// its ancestors (hierarchical), not to the charged group.
 #[test]
 fn a_failure_names_the_lowest_failing_ancestor() {
     let (tree, log, calls) = recording_tree(DEFAULT_BATCH, 2);
@@ -215,8 +215,8 @@ fn a_failure_names_the_lowest_failing_ancestor() {
     finish(tree, log);
 }
 
-/// §2.2 step 8 and the final failure: `Event::Max` is raised once per failing charge however
-/// many reclaim rounds it takes, `Event::Oom` once when it finally fails, and not at all when
+/// The events of a failing charge: `Event::Max` is raised once per failing charge however many
+/// reclaim rounds it takes, `Event::Oom` once when it finally fails, and not at all when
 /// reclaim lets it succeed.
 #[test]
 fn max_is_raised_once_per_failing_charge_and_oom_on_final_failure() {
@@ -254,8 +254,8 @@ fn max_is_raised_once_per_failing_charge_and_oom_on_final_failure() {
     finish(tree, log);
 }
 
-/// §2.2 step 9: the reclaimer is called with the over-limit group (the charged group, or the
-/// ancestor whose limit refused) and the amount the charge needs (`n`, not the batch).
+/// The reclaimer is called with the over-limit group (the charged group, or the ancestor whose
+/// limit refused) and the amount the charge needs (`n`, not the batch).
 #[test]
 fn the_reclaimer_gets_the_over_limit_group_and_the_requested_amount() {
     let (tree, log, calls) = recording_tree(DEFAULT_BATCH, 0);
@@ -285,8 +285,8 @@ fn the_reclaimer_gets_the_over_limit_group_and_the_requested_amount() {
     finish(tree, log);
 }
 
-/// §2.2 step 10: a reclaimer that frees enough makes the charge succeed right away (one
-/// call), without stocks to muddy the numbers.
+/// A reclaimer that frees enough makes the charge succeed right away (one call), without
+/// stocks to muddy the numbers.
 #[test]
 fn a_reclaimer_that_frees_enough_makes_the_charge_succeed() {
     // Objects of 10 units each, owned by the reclaimer's pool.
@@ -323,8 +323,8 @@ fn a_reclaimer_that_frees_enough_makes_the_charge_succeed() {
 }
 
 /// The library's uncharge goes to this CPU's stock when the group is cached there, so what a
-/// reclaimer frees on the charging CPU may land in the stock instead of the margin; the
-/// drain that follows (§2.2 step 11) returns it and the charge succeeds.
+/// reclaimer frees on the charging CPU may land in the stock instead of the margin; the drain
+/// of the failing subtree that follows returns it and the charge succeeds.
 #[test]
 fn units_a_reclaimer_parks_in_this_cpus_stock_are_recovered_by_the_drain() {
     let pool: Arc<Mutex<Vec<usize>>> = Arc::new(Mutex::new(Vec::new()));
@@ -353,9 +353,9 @@ fn units_a_reclaimer_parks_in_this_cpus_stock_are_recovered_by_the_drain() {
     finish(tree, log);
 }
 
-/// §2.2 step 11: before failing, the failing group's subtree is drained on every CPU (after
-/// one reclaim call): units another CPU cached are returned and the charge succeeds; a charge
-/// that fails even so leaves the subtree drained and other subtrees' entries alone.
+/// Before failing, the failing group's subtree is drained on every CPU (after one reclaim
+/// call): units another CPU cached are returned and the charge succeeds; a charge that fails
+/// even so leaves the subtree drained and other subtrees' entries alone.
 #[test]
 fn the_failing_subtree_is_drained_on_every_cpu_before_failing() {
     let (tree, log, calls) = recording_tree(DEFAULT_BATCH, DEFAULT_RETRIES);
@@ -388,8 +388,8 @@ fn the_failing_subtree_is_drained_on_every_cpu_before_failing() {
     finish(tree, log);
 }
 
-/// §2.2 step 14: retries are bounded by `TreeConfig::max_retries`. The reclaimer is called
-/// once before the drain, once after it, and once per retry.
+/// Retries are bounded by `TreeConfig::max_retries` (Linux's `MAX_RECLAIM_RETRIES`). The
+/// reclaimer is called once before the drain, once after it, and once per retry.
 #[test]
 fn retries_are_bounded() {
     let mut counts = Vec::new();

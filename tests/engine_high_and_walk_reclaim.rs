@@ -33,9 +33,9 @@ use std::collections::HashSet;
 use chargetree::cpu::TestCpus;
 use chargetree::group::{Charged, Group, GroupId, GroupSpec, ReclaimWalk, Tree, TreeConfig};
 
-/// §2.2 done_restock, library-shaped: a charge that walked the counters and left a group
-/// above its `high` succeeds and names the lowest such group with its usage, `high` and
-/// excess, raising `Event::High` on every group of the path that is over (Linux's
+/// Linux's `done_restock` check of `high`, library-shaped: a charge that walked the counters
+/// and left a group above its `high` succeeds and names the lowest such group with its usage,
+/// `high` and excess, raising `Event::High` on every group of the path that is over (Linux's
 /// `reclaim_high` walks all of them).
 #[test]
 fn over_high_is_reported_with_the_lowest_over_high_group() {
@@ -67,8 +67,8 @@ fn over_high_is_reported_with_the_lowest_over_high_group() {
     finish(tree, log);
 }
 
-/// §2.2 step 1: stock hits are not checked against `high` (documented): the units were
-/// counted when the batch was charged.
+/// Stock hits are not checked against `high` (documented): the units were counted when the
+/// batch was charged.
 #[test]
 fn stock_hits_are_not_checked_against_high() {
     let (tree, log) = test_tree();
@@ -150,9 +150,9 @@ fn walk_reclaim_kernel_selftest_min_tree() {
     finish(tree, log);
 }
 
-/// §1.12: a group within its effective `low` is skipped on the first pass and reclaimed on a
-/// second pass, raising `Event::Low`, only when the first pass fell short; groups within
-/// their effective `min` are skipped on both passes.
+/// Linux's `shrink_node_memcgs()` (`mm/vmscan.c`): a group within its effective `low` is
+/// skipped on the first pass and reclaimed on a second pass, raising `Event::Low`, only when
+/// the first pass fell short; groups within their effective `min` are skipped on both passes.
 #[test]
 fn walk_reclaim_low_protection_needs_a_second_pass() {
     let (tree, log) = test_tree();
@@ -219,8 +219,8 @@ fn walk_reclaim_low_protection_needs_a_second_pass() {
     finish(tree, log);
 }
 
-/// §1.12: the reclaim target's own protection is ignored (it does not shield itself), while
-/// the same group is protected from a walk rooted above it.
+/// As in Linux's reclaim: the reclaim target's own protection is ignored (it does not shield
+/// itself), while the same group is protected from a walk rooted above it.
 #[test]
 fn walk_reclaim_ignores_the_targets_own_protection() {
     let (tree, log) = test_tree();

@@ -31,9 +31,9 @@ use chargetree::cpu::TestCpus;
 use chargetree::group::{ChargeOptions, Charged, DEFAULT_RETRIES, GroupSpec, Tree, TreeConfig};
 use chargetree::stock::DEFAULT_BATCH;
 
-/// §2.2 force: `no_fail` forces exactly `n` past the limit after reclaim and retries,
-/// reports it in `Charged::forced`, counts it in `TreeStats::forced`, raises `Event::Max`
-/// once; a no-fail charge that fits is not forced.
+/// Linux's `force` path: `no_fail` forces exactly `n` past the limit after reclaim and
+/// retries, reports it in `Charged::forced`, counts it in `TreeStats::forced`, raises
+/// `Event::Max` once; a no-fail charge that fits is not forced.
 #[test]
 fn no_fail_forces_exactly_n_past_the_limit() {
     let (tree, log, calls) = recording_tree(DEFAULT_BATCH, DEFAULT_RETRIES);
@@ -66,8 +66,9 @@ fn no_fail_forces_exactly_n_past_the_limit() {
 }
 
 /// `Event::Oom`'s documentation says it is raised when "a charge failed after reclaim and
-/// retries (or was forced past `max`)" — and Linux raises `oom` for a no-fail charge that
-/// went through its retries before it is forced (§2.2 step 17, then `nomem` → `force`).
+/// retries (or was forced past `max`)" — and Linux raises `oom` for a no-fail charge that went
+/// through its retries before it is forced (`try_charge_memcg()`'s OOM step, then its
+/// `nomem` and `force` labels).
 #[test]
 fn a_forced_charge_raises_oom_as_documented() {
     let (tree, log, _calls) = recording_tree(DEFAULT_BATCH, 1);

@@ -1,7 +1,7 @@
-//! Engine tests, chapter 3: the per-CPU stock (§3). `K` direct-mapped entries and what a
-//! charge evicts, one reference per occupied entry (S2), cached units within the batch (S3),
-//! uncharge into the stock, `drain_local`, `drain_all` (and a drain that finds another under
-//! way), and `Group::set_max`'s drain.
+//! Engine tests, chapter 3: the per-CPU stock (Linux's `memcg_stock_pcp`). `K` direct-mapped
+//! entries and what a charge evicts, one reference per occupied entry (S2), cached units
+//! within the batch (S3), uncharge into the stock, `drain_local`, `drain_all` (and a drain
+//! that finds another under way), and `Group::set_max`'s drain.
 //!
 //! Black-box tests of the charge engine and the per-CPU stock (Linux's `try_charge_memcg()`
 //! and `memcg_stock_pcp` as `src/engine/` and `src/stock/units.rs` implement them), through
@@ -34,12 +34,12 @@ use chargetree::counter::LimitError;
 use chargetree::cpu::TestCpus;
 use chargetree::group::{Group, GroupId, GroupSpec, Observer, Tree, TreeConfig, reclaim_orphans};
 
-/// §3.2, as this crate places entries: a CPU's stock is a direct-mapped table of `K`
-/// entries, a group's entry chosen by its slot in the tree's arena. A fresh tree hands out
-/// slots densely in creation order (the root takes slot 0), so any `K` groups created one
-/// after another sit in distinct entries, and a charge evicts only the group in its own
-/// entry, returning the victim's units to its counters and its reference. (Linux's 7-entry
-/// stock evicts round-robin, the 2026 `drain_idx` fix; see the README's deviations.)
+/// Where this crate places entries: a CPU's stock is a direct-mapped table of `K` entries, a
+/// group's entry chosen by its slot in the tree's arena. A fresh tree hands out slots densely
+/// in creation order (the root takes slot 0), so any `K` groups created one after another sit
+/// in distinct entries, and a charge evicts only the group in its own entry, returning the
+/// victim's units to its counters and its reference. (Linux's 7-entry stock evicts
+/// round-robin, the 2026 `drain_idx` fix; see the README's deviations.)
 #[test]
 fn a_group_evicts_only_the_group_in_its_entry() {
     let log = Arc::new(Log::default());
@@ -91,9 +91,9 @@ fn a_group_evicts_only_the_group_in_its_entry() {
     finish(tree, log);
 }
 
-/// §3.3 / S2: every occupied entry owns one reference. An offline group charged again is
-/// cached again (§2.8) and pinned by the entry after its last handle is gone; `drain_all`
-/// takes the entry and releases it.
+/// S2: every occupied entry owns one reference. An offline group charged again is cached again
+/// (offline groups can still be charged) and pinned by the entry after its last handle is
+/// gone; `drain_all` takes the entry and releases it.
 #[test]
 fn each_occupied_entry_holds_one_reference() {
     let (tree, log) = test_tree();
@@ -153,8 +153,8 @@ fn charging_a_handle_that_outlived_its_tree_does_not_leak() {
     log.check();
 }
 
-/// §3.4 S3: an entry never holds more than the batch; an uncharge into a full entry sends
-/// the excess to the counters (the library keeps the entry instead of draining it).
+/// S3: an entry never holds more than the batch; an uncharge into a full entry sends the
+/// excess to the counters (the library keeps the entry instead of draining it).
 #[test]
 fn cached_units_never_exceed_the_batch() {
     let (config, log) = config(2);
@@ -306,9 +306,10 @@ fn a_drain_that_finds_another_under_way_returns_none() {
     assert_eq!(Arc::strong_count(&nested), 1, "the observer was dropped with the tree");
 }
 
-/// §2.5 / §3.5: `Group::set_max` below a usage that only stocks hold drains them and
-/// succeeds (also for an ancestor's limit over a descendant's entries); below what objects
-/// hold it returns `LimitError::Busy` (after draining) and changes nothing else.
+/// `Group::set_max` below a usage that only stocks hold drains them (as Linux's
+/// `memory_max_write()` calls `drain_all_stock()`) and succeeds (also for an ancestor's limit
+/// over a descendant's entries); below what objects hold it returns `LimitError::Busy` (after
+/// draining) and changes nothing else.
 #[test]
 fn set_max_drains_stocks_and_is_busy_only_when_objects_hold_the_usage() {
     let (tree, log) = test_tree();

@@ -1,7 +1,8 @@
-//! Object-group tests, chapter 2: the charge path (§4.4: an object-stock hit touches no
-//! counter; a miss charges ⌈size/unit⌉ units and parks the rest without uncharging), the
-//! uncharge path (§4.5: refill, flush of another cached `ObjGroup` and re-seeding, whole units
-//! returned) and draining the object stock (§4.6), also on the highest CPU of a provider.
+//! Object-group tests, chapter 2: the charge path (`obj_cgroup_charge()`: an object-stock hit
+//! touches no counter; a miss charges ⌈size/unit⌉ units and parks the rest without
+//! uncharging), the uncharge path (`refill_obj_stock()`: refill, flush of another cached
+//! `ObjGroup` and re-seeding, whole units returned) and draining the object stock
+//! (`drain_obj_stock()`), also on the highest CPU of a provider.
 //!
 //! Black-box tests of byte-granular object charging and reparenting (Linux's `obj_cgroup` as
 //! `src/obj/mod.rs` and the object stock in `src/obj/stock.rs` implement them), through the
@@ -33,12 +34,12 @@ use support::*;
 use chargetree::group::{ChargeFailure, Charged, GroupSpec};
 
 // ---------------------------------------------------------------------------------------------
-// 2. Rules: the charge path (§4.4)
+// 2. Rules: the charge path (Linux's `obj_cgroup_charge()`)
 // ---------------------------------------------------------------------------------------------
 
-/// §4.4 step 1: a charge the object stock can serve takes bytes from this CPU's stock and
-/// touches no counter: usage, peak and failcnt unchanged, even with the group at its limit.
-/// Another CPU's object stock is separate.
+/// A hit (Linux's `consume_obj_stock()`): a charge the object stock can serve takes bytes from
+/// this CPU's stock and touches no counter: usage, peak and failcnt unchanged, even with the
+/// group at its limit. Another CPU's object stock is separate.
 #[test]
 fn an_object_stock_hit_touches_no_counter() {
     let (tree, log) = exact_tree(2);
@@ -78,9 +79,9 @@ fn an_object_stock_hit_touches_no_counter() {
     finish(tree, log);
 }
 
-/// §4.4 step 2: a miss charges ⌈size/unit⌉ units through the unit engine and leaves
-/// `unit·units − size` bytes in this CPU's object stock; an exact multiple leaves nothing (and
-/// installs no stock entry); without a CPU the remainder is parked in the `ObjGroup`.
+/// A miss charges ⌈size/unit⌉ units through the unit engine and leaves `unit·units − size`
+/// bytes in this CPU's object stock; an exact multiple leaves nothing (and installs no stock
+/// entry); without a CPU the remainder is parked in the `ObjGroup`.
 #[test]
 fn a_miss_charges_whole_units_and_parks_the_remainder() {
     let (tree, log) = exact_tree(2);
@@ -115,9 +116,9 @@ fn a_miss_charges_whole_units_and_parks_the_remainder() {
     finish(tree2, log2);
 }
 
-/// §4.4 step 2.3: the charge path refills the stock with its remainder *without* uncharging
-/// whole units (Linux's `allow_uncharge = false`), so the stock may hold more than a unit;
-/// the next uncharge returns them.
+/// The charge path refills the stock with its remainder *without* uncharging whole units
+/// (Linux's `allow_uncharge = false`), so the stock may hold more than a unit; the next
+/// uncharge returns them.
 #[test]
 fn the_charge_path_parks_its_remainder_without_uncharging_whole_units() {
     let (tree, log) = exact_tree(1);
@@ -140,11 +141,11 @@ fn the_charge_path_parks_its_remainder_without_uncharging_whole_units() {
     finish(tree, log);
 }
 // ---------------------------------------------------------------------------------------------
-// 2. Rules: the uncharge path (§4.5)
+// 2. Rules: the uncharge path (Linux's `obj_cgroup_uncharge()` and `refill_obj_stock()`)
 // ---------------------------------------------------------------------------------------------
 
-/// §4.5 steps 3–4: an uncharge goes into this CPU's stock; once the stock holds *more* than a
-/// unit, every whole unit goes back to the group and only the sub-unit rest stays (Linux's
+/// An uncharge goes into this CPU's stock; once the stock holds *more* than a unit, every
+/// whole unit goes back to the group and only the sub-unit rest stays (Linux's
 /// `nr_bytes & (PAGE_SIZE − 1)`). Exactly one unit stays cached.
 #[test]
 fn an_uncharge_refills_the_stock_and_returns_the_whole_units_above_one() {
@@ -176,10 +177,10 @@ fn an_uncharge_refills_the_stock_and_returns_the_whole_units_above_one() {
     finish(tree, log);
 }
 
-/// §4.5 step 2: an uncharge on a CPU whose stock caches another `ObjGroup` flushes that one
-/// first (its whole units back to its group, its remainder parked in it), then installs this
-/// `ObjGroup` seeded with its own parked bytes, and may then return whole units. The charge
-/// path re-seeds the same way.
+/// An uncharge on a CPU whose stock caches another `ObjGroup` flushes that one first (its
+/// whole units back to its group, its remainder parked in it), then installs this `ObjGroup`
+/// seeded with its own parked bytes, and may then return whole units. The charge path re-seeds
+/// the same way.
 #[test]
 fn an_uncharge_through_another_objgroup_flushes_the_cached_one_first() {
     let (tree, log) = exact_tree(2);
@@ -221,9 +222,10 @@ fn an_uncharge_through_another_objgroup_flushes_the_cached_one_first() {
     finish(tree, log);
 }
 
-/// §4.3 step 4.1's example: bytes charged on one CPU and freed on another leave a remainder in
-/// each stock; flushed, they add up to a whole unit. Linux keeps that unit parked until the
-/// objcg is released; chargetree returns it as soon as the parked bytes make it up.
+/// The example in the comment of Linux's `obj_cgroup_release()`: bytes charged on one CPU and
+/// freed on another leave a remainder in each stock; flushed, they add up to a whole unit.
+/// Linux keeps that unit parked until the objcg is released; chargetree returns it as soon as
+/// the parked bytes make it up.
 #[test]
 fn parked_bytes_that_make_a_whole_unit_are_returned_at_once() {
     let (tree, log) = exact_tree(2);
@@ -248,12 +250,12 @@ fn parked_bytes_that_make_a_whole_unit_are_returned_at_once() {
     finish(tree, log);
 }
 // ---------------------------------------------------------------------------------------------
-// 2. Rules: draining the object stock (§4.6)
+// 2. Rules: draining the object stock (Linux's `drain_obj_stock()`)
 // ---------------------------------------------------------------------------------------------
 
-/// §4.6 through `Tree::drain_local`: this CPU's object stock is emptied (whole units back to
-/// the owner, the remainder parked), other CPUs keep theirs, and the stock's reference on the
-/// `ObjGroup` is dropped: an `ObjGroup` only the stock kept alive is freed, putting its
+/// A drain through `Tree::drain_local`: this CPU's object stock is emptied (whole units back
+/// to the owner, the remainder parked), other CPUs keep theirs, and the stock's reference on
+/// the `ObjGroup` is dropped: an `ObjGroup` only the stock kept alive is freed, putting its
 /// reference on its (final) owner.
 #[test]
 fn drain_local_parks_the_remainder_uncharges_whole_units_and_drops_the_reference() {
@@ -301,8 +303,8 @@ fn drain_local_parks_the_remainder_uncharges_whole_units_and_drops_the_reference
     finish(tree, log);
 }
 
-/// §4.6 through `Tree::drain_all`: the object stocks of every CPU whose `ObjGroup` charges a
-/// group of the subtree are emptied, idle CPUs included; others are left alone. The stock's
+/// A drain through `Tree::drain_all`: the object stocks of every CPU whose `ObjGroup` charges
+/// a group of the subtree are emptied, idle CPUs included; others are left alone. The stock's
 /// reference goes with the entry.
 #[test]
 fn drain_all_takes_the_object_stocks_of_the_subtree_from_idle_cpus() {

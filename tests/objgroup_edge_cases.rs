@@ -1,6 +1,5 @@
-//! Object-group tests, chapter 5: edge cases (§4.10). Size 0, a unit of 0 bytes, absurd
-//! byte counts and units, an over-uncharge found by a drain, and `ObjGroup`s outliving their
-//! tree.
+//! Object-group tests, chapter 5: edge cases. Size 0, a unit of 0 bytes, absurd byte counts
+//! and units, an over-uncharge found by a drain, and `ObjGroup`s outliving their tree.
 //!
 //! Black-box tests of byte-granular object charging and reparenting (Linux's `obj_cgroup` as
 //! `src/obj/mod.rs` and the object stock in `src/obj/stock.rs` implement them), through the
@@ -38,7 +37,7 @@ use chargetree::cpu::TestCpus;
 use chargetree::group::{ChargeFailure, Charged, Tree, TreeConfig, reclaim_orphans};
 
 // ---------------------------------------------------------------------------------------------
-// 2. Rules: edge cases (§4.10)
+// 2. Rules: edge cases
 // ---------------------------------------------------------------------------------------------
 
 /// `size = 0`: served by the stock if it caches the `ObjGroup`, else a charge of 0 units that

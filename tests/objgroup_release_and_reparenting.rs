@@ -1,6 +1,6 @@
-//! Object-group tests, chapter 3: the release (§4.3 step 4, O2, `stray_bytes`), lazy
-//! creation and lookup (§4.3 step 1, §4.8), and reparenting (§4.3 step 3) with its
-//! references and O3.
+//! Object-group tests, chapter 3: the release (Linux's `obj_cgroup_release()`, O2,
+//! `stray_bytes`), lazy creation and lookup, and reparenting (Linux's
+//! `memcg_reparent_objcgs()`) with its references and O3.
 //!
 //! Black-box tests of byte-granular object charging and reparenting (Linux's `obj_cgroup` as
 //! `src/obj/mod.rs` and the object stock in `src/obj/stock.rs` implement them), through the
@@ -34,12 +34,12 @@ use std::sync::Arc;
 use chargetree::group::reclaim_orphans;
 
 // ---------------------------------------------------------------------------------------------
-// 2. Rules: release (§4.3 step 4, O2)
+// 2. Rules: release (Linux's `obj_cgroup_release()`, O2)
 // ---------------------------------------------------------------------------------------------
 
-/// §4.3 step 4: an `ObjGroup` whose group went away is freed once its last object, handle and
-/// stock reference are gone; what it had charged is back off its final owner (the parent),
-/// nothing is stray, and the removed group was freed long before.
+/// An `ObjGroup` whose group went away is freed once its last object, handle and stock
+/// reference are gone; what it had charged is back off its final owner (the parent), nothing
+/// is stray, and the removed group was freed long before.
 #[test]
 fn a_released_objgroup_leaves_its_final_owner_at_zero() {
     let (tree, log) = exact_tree(2);
@@ -113,7 +113,7 @@ fn stray_bytes_count_what_a_caller_uncharged_wrongly() {
     finish(tree, log);
 }
 // ---------------------------------------------------------------------------------------------
-// 2. Rules: lazy creation and lookup (§4.3 step 1, §4.8)
+// 2. Rules: lazy creation and lookup
 // ---------------------------------------------------------------------------------------------
 
 /// `Group::obj_group` creates the group's own `ObjGroup` on first use (one per group, counted
@@ -196,7 +196,7 @@ fn obj_group_is_none_once_the_tree_is_dropped() {
     assert_eq!(Arc::strong_count(&log), 1);
 }
 // ---------------------------------------------------------------------------------------------
-// 2. Rules: reparenting (§4.3 step 3) and O3
+// 2. Rules: reparenting (Linux's `memcg_reparent_objcgs()`) and O3
 // ---------------------------------------------------------------------------------------------
 
 /// One offline moves the group's own `ObjGroup` and every inherited one to the parent, and

@@ -43,8 +43,9 @@
 //!    counter, every peak within the limits and at least the largest usage a checkpoint saw.
 //! 4. **Peaks**: a resettable `PeakWatcher` and the global peak's reset, on known charges.
 //! 5. **Protection**: effective `min`/`low` of a known state, computed by hand from the
-//!    rules of `memcg-semantics.md` (first level below the root, proportional split when
-//!    overcommitted, recursive protection).
+//!    rules of Linux's `effective_protection()` (`mm/page_counter.c`): a child of the reclaim
+//!    root gets what it declares, overcommitted siblings split the parent's protection in
+//!    proportion to their use, and recursive protection hands unclaimed protection down.
 
 #![no_std]
 #![no_main]
