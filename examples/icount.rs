@@ -163,7 +163,7 @@ fn main() {
         }
         "drain-all-1" | "drain-all-16" | "drain-all-256" => {
             let groups: usize = case[10..].parse().unwrap();
-            // 256 groups over 32 CPU slots of 8 entries: impersonate the CPUs.
+            // Up to 256 groups cached on 32 impersonated CPUs (64 entries each).
             let tree = Tree::with_config(TreeConfig::with_cpus(chargetree::cpu::TestCpus::new(32)));
             let gs: Vec<Group<chargetree::cpu::TestCpus>> =
                 (0..groups).map(|_| tree.root().create_child(GroupSpec::new()).unwrap()).collect();

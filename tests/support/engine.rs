@@ -20,7 +20,7 @@ pub(crate) fn charge<P: CpuProvider, const K: usize>(cpu: usize, g: &Group<P, K>
     assert!(r.is_ok(), "charge {n} on CPU {cpu}: {r:?}");
 }
 
-/// A configuration with `cpus` impersonated CPUs, the default stock (8 entries, batch 64)
+/// A configuration with `cpus` impersonated CPUs, the default stock (64 entries, batch 64)
 /// and a logging observer.
 pub(crate) fn config(cpus: usize) -> (TreeConfig<TestCpus>, Arc<Log>) {
     let log = Arc::new(Log::default());
