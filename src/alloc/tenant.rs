@@ -19,11 +19,20 @@ type ChargedObject = Option<(NonNull<()>, bool)>;
 
 /// How to charge through, and give back, references on an `ObjGroup<P, K>` held in raw form:
 /// one table per `P` and `K`, so that a block records its owner without naming its type.
+///
+/// The four accounting entries are `extern "C"`, so they cannot unwind: they may run the
+/// embedder's code (a [`Reclaimer`](crate::group::Reclaimer) at a limit, an
+/// [`Observer`](crate::group::Observer) when a free releases an `ObjGroup`), and a panic
+/// there must not unwind out of a `GlobalAlloc` method, which is undefined behaviour. Rust
+/// aborts the process instead when a panic reaches the boundary of an `extern "C"` function
+/// (guaranteed since 1.81; the MSRV is 1.85), at no cost on the way that does not panic.
+/// Only Rust calls them, so their Rust-only types never cross a C boundary.
+#[allow(improper_ctypes_definitions)]
 struct Ops {
-    charge_object: unsafe fn(NonNull<()>, usize) -> ChargedObject,
-    uncharge_object: unsafe fn(NonNull<()>, usize),
-    charge_bytes: unsafe fn(NonNull<()>, usize) -> bool,
-    uncharge_bytes: unsafe fn(NonNull<()>, usize),
+    charge_object: unsafe extern "C" fn(NonNull<()>, usize) -> ChargedObject,
+    uncharge_object: unsafe extern "C" fn(NonNull<()>, usize),
+    charge_bytes: unsafe extern "C" fn(NonNull<()>, usize) -> bool,
+    uncharge_bytes: unsafe extern "C" fn(NonNull<()>, usize),
     put: unsafe fn(NonNull<()>),
 }
 
@@ -50,23 +59,24 @@ impl<P: CpuProvider, const K: usize> OpsOf<P, K> {
 
     /// Charges an object of `bytes` and returns its reference and whether a group is over
     /// its `high`. `raw` is the tenant's reference (borrowed).
-    unsafe fn charge_object(raw: NonNull<()>, bytes: usize) -> ChargedObject {
+    #[allow(improper_ctypes_definitions)]
+    unsafe extern "C" fn charge_object(raw: NonNull<()>, bytes: usize) -> ChargedObject {
         // SAFETY: the tenant's reference, kept by the caller.
         let o = unsafe { Self::borrow(raw) };
         o.charge_object(bytes).ok().map(|c| (c.object, c.charged.over_high.is_some()))
     }
 
-    unsafe fn uncharge_object(object: NonNull<()>, bytes: usize) {
+    unsafe extern "C" fn uncharge_object(object: NonNull<()>, bytes: usize) {
         // SAFETY: `object` is a block's reference from `charge_object`, given back once.
         unsafe { ObjGroup::<P, K>::uncharge_object(object, bytes) }
     }
 
-    unsafe fn charge_bytes(raw: NonNull<()>, bytes: usize) -> bool {
+    unsafe extern "C" fn charge_bytes(raw: NonNull<()>, bytes: usize) -> bool {
         // SAFETY: a block's reference, kept by its block.
         unsafe { Self::borrow(raw) }.charge_bytes(bytes).is_ok()
     }
 
-    unsafe fn uncharge_bytes(raw: NonNull<()>, bytes: usize) {
+    unsafe extern "C" fn uncharge_bytes(raw: NonNull<()>, bytes: usize) {
         // SAFETY: as in `charge_bytes`.
         unsafe { Self::borrow(raw) }.uncharge_bytes(bytes);
     }
@@ -322,6 +332,13 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TenantAlloc<A> {
 
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let h = header_size(layout);
+        // The inner block's new size must make a valid layout with its alignment (at most
+        // `isize::MAX` once rounded up), as the inner `realloc` requires: the caller's
+        // promise covers `new_size`, not `new_size + h`. Checked before any charge.
+        let Some(new_full) = new_size.checked_add(h).filter(|&n| Layout::from_size_align(n, h).is_ok())
+        else {
+            return ptr::null_mut();
+        };
         // SAFETY: `block` came from `alloc` with `layout`: its header is right before it.
         let header = unsafe { block.cast::<Header>().sub(1).read() };
         let old = layout.size();
@@ -355,10 +372,6 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TenantAlloc<A> {
                     let _ = accounting(|| unsafe { (ops.charge_bytes)(object, old - new_size) });
                 }
             }
-        };
-        let Some(new_full) = new_size.checked_add(h) else {
-            undo();
-            return ptr::null_mut();
         };
         // SAFETY: the inner block starts `h` bytes before `block` with the layout `alloc`
         // gave it; the header moves with the data.
