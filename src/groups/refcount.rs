@@ -196,7 +196,7 @@ impl ShardArena {
     }
 
     /// Slots taken and not given back, and blocks allocated (tests).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn census(&self) -> (usize, usize) {
         let _g = self.lock.lock();
         // SAFETY: the flag is held.
